@@ -1,0 +1,302 @@
+"""The ``aifab`` command line. Thin: parse, call :mod:`aifab.pipeline.project`, format.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout (logs
+and progress go to stderr) and exits with the exit code of the error class from
+:mod:`aifab.core.errors`. Heavy modules are imported inside the commands, so
+``aifab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+
+app = typer.Typer(
+    name="aifab",
+    help="Image and text AI from the lab to the factory: ingest, check, split, train, serve, retrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+WorkspaceOpt = typer.Option(
+    None, "--workspace", "-w", envvar="AIFAB_WORKSPACE", help="Workspace folder (default: here or above)."
+)
+
+log = logging.getLogger("aifab")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+# ---------------------------------------------------------------------------------------------
+# Output helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _emit(as_json: bool, payload: Any, render: Callable[[], None]) -> None:
+    from aifab.core.types import to_jsonable
+
+    if as_json:
+        sys.stdout.write(json.dumps(to_jsonable(payload), ensure_ascii=False, indent=2, default=str) + "\n")
+    else:
+        render()
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Turn library errors into the one error shape and the class's exit code."""
+    from aifab.core.errors import AifabError
+
+    try:
+        yield
+    except AifabError as exc:
+        if as_json:
+            sys.stdout.write(json.dumps(exc.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n")
+        else:
+            _console(stderr=True).print(f"[bold red]error[/] ({exc.code}): {exc.message}", markup=True, soft_wrap=True)
+            report = exc.details.get("report") if isinstance(exc.details, dict) else None
+            if report:
+                _print_findings(report.get("findings", []), stderr=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _console(stderr=True).print("interrupted")
+        raise typer.Exit(130) from None
+
+
+class _RichProgress:
+    """The rich progress bars of the terminal, implementing :class:`aifab.core.progress.Progress`."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+            disable=not enabled,
+            transient=False,
+        )
+
+    def __enter__(self) -> _RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    @contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Any]:
+        task_id = self._progress.add_task(description, total=total)
+        progress = self._progress
+
+        class _Task:
+            def advance(self, n: int = 1) -> None:
+                progress.advance(task_id, n)
+
+            def update(self, *, total: int | None = None, description: str | None = None) -> None:
+                progress.update(task_id, total=total, description=description)
+
+        try:
+            yield _Task()
+        finally:
+            t = progress.tasks[task_id] if task_id < len(progress.tasks) else None
+            if t is not None and t.total is None:
+                progress.update(task_id, total=t.completed)
+
+
+def _open(workspace: Optional[Path]) -> Any:
+    from aifab.pipeline.project import Workspace
+
+    return Workspace.open(workspace)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder for the workspace (created if missing)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a workspace: aifab.yaml and .aifab/ (database and artifact store)."""
+    with _errors(as_json):
+        from aifab.pipeline.project import Workspace
+
+        ws = Workspace.init(directory)
+        payload = {"workspace": str(ws.root), "config": str(ws.root / "aifab.yaml")}
+        ws.close()
+        _emit(as_json, payload, lambda: _console().print(f"workspace ready at {payload['workspace']}"))
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="An image folder, a CSV/TSV/JSONL/Parquet table, a COCO JSON or CoNLL file."),
+    name: str = typer.Option(..., "--name", "-n", help="Dataset name."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="folder|csv|jsonl|parquet|coco|conll (default: by file)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column"),
+    image_column: Optional[str] = typer.Option(None, "--image-column"),
+    label_column: Optional[list[str]] = typer.Option(None, "--label-column", help="Repeat for multi-label 0/1 columns."),
+    split_column: str = typer.Option("split", "--split-column"),
+    fresh: bool = typer.Option(False, "--fresh", help="Do not use the latest version as parent (no frozen test split)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Ingest data as a new immutable dataset version, through the data gate and a leak-free split."""
+    with _errors(as_json):
+        from aifab.data.formats import ReaderOptions
+
+        options = ReaderOptions(
+            text_column=text_column,
+            image_column=image_column,
+            label_columns=tuple(label_column or ()),
+            split_column=split_column,
+        )
+        ws = _open(workspace)
+        with _RichProgress(enabled=sys.stderr.isatty() or not as_json) as progress:
+            version = ws.ingest(source, name=name, fmt=fmt, options=options, fresh=fresh, progress=progress)
+        report = ws.report(version)
+        payload = {"dataset": version, "report": report}
+        _emit(as_json, payload, lambda: _print_version(version, report))
+
+
+@app.command()
+def datasets(
+    name: Optional[str] = typer.Argument(None, help="Only this dataset's versions."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List dataset versions, newest first."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        versions = ws.datasets(name)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("name", "version", "records", "train/val/test", "quarantined", "parent", "created")
+            for v in versions:
+                s = v.split_counts
+                table.add_row(
+                    v.name,
+                    v.short_id,
+                    str(v.num_records),
+                    f"{s.get('train', 0)}/{s.get('val', 0)}/{s.get('test', 0)}",
+                    str(v.num_quarantined),
+                    (v.parent or "")[:12],
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+            _console().print(table if versions else "no datasets yet; add one with: aifab ingest SOURCE --name NAME")
+
+        _emit(as_json, {"datasets": versions}, render)
+
+
+@app.command()
+def inspect(
+    ref: str = typer.Argument(..., help="NAME or NAME@VERSION."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a dataset version and its data-gate report."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        version = ws.dataset(ref)
+        report = ws.report(version)
+        _emit(as_json, {"dataset": version, "report": report}, lambda: _print_version(version, report))
+
+
+@app.command()
+def demo(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Workspace folder (default: a new temporary one)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the main job on real data, offline, on CPU (what `make demo` runs)."""
+    with _errors(as_json):
+        from aifab.pipeline.demo import run_demo
+
+        with _RichProgress(enabled=not as_json) as progress:
+            summary = run_demo(directory, progress=progress, say=None if as_json else _console(stderr=True).print)
+        _emit(as_json, summary, lambda: _print_demo(summary))
+
+
+@app.command()
+def version(as_json: bool = JsonOpt) -> None:
+    """Print aifab's version."""
+    from importlib.metadata import version as pkg_version
+
+    v = pkg_version("aifab")
+    _emit(as_json, {"version": v}, lambda: _console().print(v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderers
+# ---------------------------------------------------------------------------------------------
+
+
+def _print_version(version: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = _console()
+    s = version.split_counts
+    con.print(
+        f"[bold]{version.name}@{version.short_id}[/]  {version.num_records} records  "
+        f"train {s.get('train', 0)} / val {s.get('val', 0)} / test {s.get('test', 0)}  "
+        f"quarantined {version.num_quarantined}" + (f"  parent {version.parent[:12]}" if version.parent else "")
+    )
+    labels = Table("label", "records", title="labels")
+    for label, count in sorted(version.label_counts.items(), key=lambda kv: -kv[1])[:30]:
+        labels.add_row(label, str(count))
+    if version.label_counts:
+        con.print(labels)
+    _print_findings(report.get("findings", []))
+
+
+def _print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> None:
+    from rich.table import Table
+
+    con = _console(stderr=stderr)
+    if not findings:
+        con.print("data gate: no findings")
+        return
+    table = Table("check", "severity", "action", "records", "message", "where", title="data gate findings")
+    for f in findings[:200]:
+        sources = f.get("sources") or []
+        where = ", ".join(sources[:3]) + (f" (+{len(sources) - 3})" if len(sources) > 3 else "")
+        table.add_row(
+            f["check"], f["severity"], f.get("action", ""), str(len(f.get("record_ids", []))), f["message"], where
+        )
+    con.print(table)
+    if len(findings) > 200:
+        con.print(f"... and {len(findings) - 200} more findings (use --json for all)")
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
+    con = _console()
+    con.print("[bold]aifab demo[/]: " + summary.get("headline", ""))
+    for stage in summary.get("stages", []):
+        con.print(f"  [green]✓[/] {stage['stage']}: {stage['result']}")
+    con.print(f"workspace: {summary.get('workspace')}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,92 @@
+"""Domain objects that cross layers: what the store returns and the stages hand each other.
+
+They are frozen dataclasses of plain values (strings, numbers, tuples), so they can be
+compared, hashed, turned into JSON with :func:`to_jsonable`, and sent to a worker process.
+
+>>> f = Finding(check="empty_text", severity="error", message="text is empty", record_ids=("r1",))
+>>> to_jsonable(f)["record_ids"]
+['r1']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+Action = Literal["block", "quarantine", "warn", "off"]
+SplitName = Literal["train", "val", "test"]
+SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One result of one data-gate check.
+
+    ``record_ids`` are the records concerned; ``action`` is what the policy did with them
+    (filled in when the policy is applied); ``sources`` name where they came from (file, line).
+    """
+
+    check: str
+    severity: Severity
+    message: str
+    record_ids: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    action: Action = "warn"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """The data gate's verdict on one ingest: findings, what was quarantined, and counts."""
+
+    findings: tuple[Finding, ...]
+    quarantined: tuple[str, ...]
+    blocked: bool
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def by_check(self) -> dict[str, list[Finding]]:
+        out: dict[str, list[Finding]] = {}
+        for f in self.findings:
+            out.setdefault(f.check, []).append(f)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersion:
+    """An immutable, content-addressed set of records.
+
+    ``id`` is the sha256 of the manifest's canonical content, so ingesting the same data
+    twice gives the same id. ``manifest`` and ``report`` are artifact digests.
+    """
+
+    id: str
+    name: str
+    manifest: str
+    report: str
+    parent: str | None
+    created_at: datetime
+    num_records: int
+    split_counts: dict[str, int]
+    label_counts: dict[str, int]
+    fields: tuple[str, ...]
+    source: str = ""
+    num_quarantined: int = 0
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn dataclasses, tuples and datetimes into JSON-ready values (recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
