@@ -90,3 +90,65 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+RunStatus = Literal["running", "finished", "failed", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One training run: the effective spec, the dataset version, per-epoch metrics and its state.
+
+    ``checkpoint`` is the artifact digest of the latest complete checkpoint (None until the
+    first epoch ends); ``history`` holds one dict of metrics per finished epoch.
+    """
+
+    id: str
+    model_name: str
+    dataset_version: str
+    spec: dict[str, Any]
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    seed: int
+    code_version: str
+    history: tuple[dict[str, Any], ...] = ()
+    checkpoint: str | None = None
+    model_version: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """A registered, self-contained model: ``files`` maps file names (``weights.safetensors``,
+    ``preprocessing.json``, ``tokenizer.json``, ``spec.json``, ``metrics.json``, ``model_card.md``,
+    ``lineage.json``) to artifact digests. ``version`` counts up from 1 per model name."""
+
+    name: str
+    version: int
+    files: dict[str, str]
+    task: str
+    created_at: datetime
+    run_id: str | None = None
+    dataset_version: str | None = None
+    parent: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class AliasMove:
+    """One move of an alias: the audit trail the feedback-loop issue builds on."""
+
+    name: str
+    alias: str
+    version: int | None
+    previous: int | None
+    moved_at: datetime
+    actor: str = ""
+    reason: str = ""

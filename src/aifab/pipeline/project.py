@@ -148,11 +148,11 @@ class Workspace:
         report["quarantine_manifest"] = self.artifacts.put_bytes(table_to_parquet(built.quarantine))
         report["source"] = str(path.resolve())
         version = DatasetVersion(
-            id=built.version_id,
+            id=_version_id(name, built.version_id),
             name=name,
             manifest=self.artifacts.put_bytes(table_to_parquet(built.table)),
             report=self.artifacts.put_bytes(json.dumps(report, ensure_ascii=False, indent=1).encode()),
-            parent=None if parent is None or parent.id == built.version_id else parent.id,
+            parent=None if parent is None or parent.id == _version_id(name, built.version_id) else parent.id,
             created_at=datetime.now(timezone.utc),
             num_records=built.table.num_rows,
             split_counts=built.split_counts,
@@ -210,6 +210,14 @@ class Workspace:
             return self.meta.get_dataset_version(name, None)
         except NotFound:
             return None
+
+
+def _version_id(name: str, content_digest: str) -> str:
+    """A version id is the content digest scoped by the dataset name: the same data under the same
+    name is the same version; the same data under another name is another dataset."""
+    import hashlib
+
+    return hashlib.sha256(f"{name}\n{content_digest}".encode()).hexdigest()
 
 
 def _resolve_db_url(url: str, root: Path) -> str:
