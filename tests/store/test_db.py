@@ -107,9 +107,10 @@ def test_sqlite_migrate_creates_tables_in_a_fresh_file_and_is_idempotent(
         store.migrate()
         store.migrate()
         tables = set(sa.inspect(store.engine).get_table_names())
-        assert {"datasets", "dataset_versions", "alembic_version"} <= tables
+        assert {"datasets", "dataset_versions", "alembic_version", "models", "runs"} <= tables
+        assert {"model_versions", "aliases", "alias_moves"} <= tables
         with sqlite3.connect(tmp_path / "aifab.db") as raw:
-            assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+            assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
     finally:
         store.dispose()
 

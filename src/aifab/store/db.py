@@ -5,6 +5,17 @@ one revision per feature. A new noun (runs, model versions, aliases, ...) adds: 
 here, a ``_to_*`` converter, methods on :class:`MetadataStore` that read through
 ``self._read()`` and write through ``self._write(fn)``, and one migration.
 
+Nouns: datasets and their versions (revision 0001); training runs, models, model versions,
+aliases and the audit trail of alias moves (revision 0002). Model versions are numbered by the
+store (1, 2, ... per model name); an alias (``production``, ``candidate``) points at one version
+and every move of it is kept in ``alias_moves``. Writes that read-then-write one model's rows
+(allocating a version, moving an alias) first lock that model's row, so they serialize per model
+on PostgreSQL as they do on SQLite, where ``BEGIN IMMEDIATE`` serializes every writer.
+
+JSON columns hold plain JSON: values are normalized through ``json`` on the way in, so what a
+write returns equals what a later read returns; NaN and infinity are refused (PostgreSQL's
+JSON type rejects them and SQLite would accept them: one rule for both).
+
 SQLite runs in WAL mode with a 30 s busy timeout and foreign keys on. Write transactions
 start with ``BEGIN IMMEDIATE`` so they take the write lock up front and wait for it;
 a deferred transaction that read first would fail at once with "database is locked"
@@ -19,29 +30,50 @@ when another writer got there in between.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, get_args
 
 import sqlalchemy as sa
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint, event, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from aifab.core.errors import Conflict, InputError, NotFound, Overloaded, nearest
-from aifab.core.types import DatasetVersion
+from aifab.core.types import AliasMove, DatasetVersion, ModelVersion, Run, RunStatus
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIN_PREFIX = 6
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+LATEST = "latest"  # a reference meaning the newest version, so no alias may take this name
+_HEX = frozenset("0123456789abcdef")
+_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_")
+# Model names appear in URLs (/v1/models/{name}:predict) and in refs (name@version).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_ALIAS = re.compile(r"[a-z0-9_-]{1,40}")
+_RUN_ID = re.compile(r"[a-z0-9_-]{6,64}")
 _WRITE_OPTION = "aifab_write"
 
 
@@ -121,6 +153,132 @@ def _from_dataset_version(v: DatasetVersion) -> DatasetVersionRow:
         label_counts=dict(v.label_counts),
         fields=list(v.fields),
         source=v.source,
+    )
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime]
+    task: Mapped[str] = mapped_column(String(100))
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Not a foreign key to models: a run exists before the model version it may register.
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    dataset_version: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"))
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime]
+    seed: Mapped[int] = mapped_column(BigInteger)  # seeds go up to 2**63 - 1, past INTEGER
+    code_version: Mapped[str] = mapped_column(Text)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    checkpoint: Mapped[str | None] = mapped_column(String(64))
+    # Checked in code, not by a foreign key to model_versions: that one points back at runs.
+    model_version: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    # The primary key (name, version) is the unique pair aliases point at.
+    name: Mapped[str] = mapped_column(ForeignKey("models.name"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    files: Mapped[dict[str, Any]]
+    task: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    dataset_version: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    parent: Mapped[int | None]
+    metrics: Mapped[dict[str, Any]]
+    description: Mapped[str] = mapped_column(Text)
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["name", "version"],
+            ["model_versions.name", "model_versions.version"],
+            name="fk_aliases_model_version",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int]
+
+
+class AliasMoveRow(Base):
+    __tablename__ = "alias_moves"
+
+    # Moves of one model are written one at a time (its row is locked), so id order is move order.
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    alias: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int | None]  # None: the alias was deleted
+    previous: Mapped[int | None]  # None: the alias was new
+    moved_at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC, as a read from the database returns it (naive input is taken as UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _to_run(row: RunRow) -> Run:
+    return Run(
+        id=row.id,
+        model_name=row.model_name,
+        dataset_version=row.dataset_version,
+        spec=row.spec,
+        status=cast(RunStatus, row.status),
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+        seed=row.seed,
+        code_version=row.code_version,
+        history=tuple(row.history),
+        checkpoint=row.checkpoint,
+        model_version=row.model_version,
+        error=row.error,
+    )
+
+
+def _to_model_version(row: ModelVersionRow, aliases: Sequence[str]) -> ModelVersion:
+    return ModelVersion(
+        name=row.name,
+        version=row.version,
+        files={str(k): str(v) for k, v in row.files.items()},
+        task=row.task,
+        created_at=_utc(row.created_at),
+        run_id=row.run_id,
+        dataset_version=row.dataset_version,
+        parent=row.parent,
+        metrics=row.metrics,
+        aliases=tuple(sorted(aliases)),
+        description=row.description,
+    )
+
+
+def _to_alias_move(row: AliasMoveRow) -> AliasMove:
+    return AliasMove(
+        name=row.name,
+        alias=row.alias,
+        version=row.version,
+        previous=row.previous,
+        moved_at=_utc(row.moved_at),
+        actor=row.actor,
+        reason=row.reason,
     )
 
 
@@ -213,24 +371,16 @@ class MetadataStore:
                 if row is None:
                     raise NotFound(f"dataset {name!r} has no versions")
                 return _to_dataset_version(row)
-            prefix = _check_version(version)
-            rows = session.scalars(
-                query.where(DatasetVersionRow.id.startswith(prefix, autoescape=True)).limit(11)
-            ).all()
-            if not rows:
-                raise NotFound(
-                    f"dataset {name!r}: version {version!r} not found",
-                    details={"dataset": name, "version": version},
-                )
-            if len(rows) > 1:
-                candidates = sorted(r.id[:12] for r in rows[:10])
-                more = " and more" if len(rows) > 10 else ""
-                raise InputError(
-                    f"dataset {name!r}: version prefix {version!r} is ambiguous; it matches "
-                    f"{', '.join(candidates)}{more}; give more characters",
-                    details={"dataset": name, "version": version, "candidates": candidates},
-                )
-            return _to_dataset_version(rows[0])
+            row = _one_by_prefix(
+                session,
+                query,
+                DatasetVersionRow.id,
+                _check_prefix(version, kind="version", chars=_HEX, expected="a hex id"),
+                what=f"dataset {name!r}: version",
+                given=version,
+                details={"dataset": name, "version": version},
+            )
+            return _to_dataset_version(row)
 
     def list_dataset_versions(self, name: str | None = None) -> list[DatasetVersion]:
         """Versions of one dataset (or of all when ``name`` is None), newest first."""
@@ -257,6 +407,508 @@ class MetadataStore:
             details={"dataset": name, "nearest": hint},
         )
 
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(self, run: Run) -> Run:
+        """Record a new training run. Its dataset version must be recorded already.
+
+        InputError for a malformed id, model name, status or seed, or a spec that is not plain
+        JSON; Conflict if the id is taken; NotFound if the dataset version is unknown.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> _ = store.add_dataset_version(DatasetVersion(
+        ...     id="ab" * 32, name="sms", manifest="cd" * 32, report="ef" * 32, parent=None,
+        ...     created_at=datetime(2024, 1, 1, tzinfo=timezone.utc), num_records=3,
+        ...     split_counts={"train": 3}, label_counts={"ham": 3}, fields=("text", "category")))
+        >>> at = datetime(2024, 1, 2, tzinfo=timezone.utc)
+        >>> run = store.create_run(Run(id="run-0001", model_name="sms", dataset_version="ab" * 32,
+        ...     spec={"epochs": 2}, status="running", created_at=at, updated_at=at, seed=0,
+        ...     code_version="abc1234"))
+        >>> store.get_run("run-00").spec
+        {'epochs': 2}
+        >>> store.dispose()
+        """
+        if not _RUN_ID.fullmatch(run.id):
+            raise InputError(
+                f"run id {run.id!r}: expected 6 to 64 lowercase letters, digits, '-' or '_'",
+                details={"run": run.id},
+            )
+        _check_model_name(run.model_name)
+        _check_status(run.status)
+        if (
+            isinstance(run.seed, bool)
+            or not isinstance(run.seed, int)
+            or not (-(2**63) <= run.seed < 2**63)
+        ):
+            raise InputError(
+                f"run {run.id!r}: seed {run.seed!r} is not a 64-bit integer",
+                details={"run": run.id},
+            )
+        spec = _plain_json(f"run {run.id!r}, field 'spec'", run.spec, dict)
+        history = _plain_json(f"run {run.id!r}, field 'history'", list(run.history), list)
+
+        def create(session: Session) -> Run:
+            if session.get(RunRow, run.id) is not None:
+                raise Conflict(f"run {run.id!r} exists already", details={"run": run.id})
+            if session.get(DatasetVersionRow, run.dataset_version) is None:
+                raise NotFound(
+                    f"run {run.id!r}: dataset version {run.dataset_version!r} not found",
+                    details={"run": run.id, "dataset_version": run.dataset_version},
+                )
+            row = RunRow(
+                id=run.id,
+                model_name=run.model_name,
+                dataset_version=run.dataset_version,
+                spec=spec,
+                status=run.status,
+                created_at=run.created_at,
+                updated_at=run.updated_at,
+                seed=run.seed,
+                code_version=run.code_version,
+                history=history,
+                checkpoint=run.checkpoint,
+                model_version=run.model_version,
+                error=run.error,
+            )
+            if run.model_version is not None:
+                self._require_model_version(session, run.model_name, run.model_version)
+            session.add(row)
+            session.flush()
+            return _to_run(row)
+
+        return self._write(create)
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        history: Sequence[dict[str, Any]] | None = None,
+        checkpoint: str | None = None,
+        model_version: int | None = None,
+        error: str | None = None,
+    ) -> Run:
+        """Change the given fields of a run (None leaves a field as it is) and set its
+        ``updated_at`` to now (UTC). ``history`` replaces the whole history. ``run_id`` is
+        resolved as in :meth:`get_run`. ``model_version`` must be a recorded version of the
+        run's model (NotFound otherwise).
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> _ = store.add_dataset_version(DatasetVersion(
+        ...     id="ab" * 32, name="sms", manifest="cd" * 32, report="ef" * 32, parent=None,
+        ...     created_at=datetime(2024, 1, 1, tzinfo=timezone.utc), num_records=3,
+        ...     split_counts={"train": 3}, label_counts={"ham": 3}, fields=("text", "category")))
+        >>> at = datetime(2024, 1, 2, tzinfo=timezone.utc)
+        >>> _ = store.create_run(Run(id="run-0001", model_name="sms", dataset_version="ab" * 32,
+        ...     spec={}, status="running", created_at=at, updated_at=at, seed=0, code_version=""))
+        >>> run = store.update_run("run-0001", status="finished", history=[{"loss": 0.5}])
+        >>> run.status, run.history, run.updated_at > at
+        ('finished', ({'loss': 0.5},), True)
+        >>> store.dispose()
+        """
+        if status is not None:
+            _check_status(status)
+        new_history = None
+        if history is not None:
+            new_history = _plain_json(f"run {run_id!r}, field 'history'", list(history), list)
+
+        def update(session: Session) -> Run:
+            row = self._find_run(session, run_id)
+            if model_version is not None:
+                self._require_model_version(session, row.model_name, model_version)
+                row.model_version = model_version
+            if status is not None:
+                row.status = status
+            if new_history is not None:
+                row.history = new_history
+            if checkpoint is not None:
+                row.checkpoint = checkpoint
+            if error is not None:
+                row.error = error
+            row.updated_at = datetime.now(timezone.utc)
+            session.flush()
+            return _to_run(row)
+
+        return self._write(update)
+
+    def get_run(self, run_id: str) -> Run:
+        """A run by its full id or a unique prefix of at least 6 characters.
+
+        NotFound when nothing matches; InputError when the prefix is too short, malformed
+        or matches several runs (they are listed).
+        """
+        with self._read() as session:
+            return _to_run(self._find_run(session, run_id))
+
+    def list_runs(self, model_name: str | None = None) -> list[Run]:
+        """Runs (of one model when ``model_name`` is given), newest (by ``created_at``) first.
+
+        A model name that no run and no model version carries is NotFound (a typo), with the
+        nearest known name; a registered model without runs gives ``[]``.
+        """
+        with self._read() as session:
+            query = select(RunRow)
+            if model_name is not None:
+                query = query.where(RunRow.model_name == model_name)
+            query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc())
+            rows = session.scalars(query).all()
+            if not rows and model_name is not None and session.get(ModelRow, model_name) is None:
+                known = set(session.scalars(select(ModelRow.name)))
+                known |= set(session.scalars(select(RunRow.model_name).distinct()))
+                hint = nearest(model_name, sorted(known))
+                raise NotFound(
+                    f"model {model_name!r} has no runs and no versions"
+                    + (f"; did you mean {hint!r}?" if hint else ""),
+                    details={"model": model_name, "nearest": hint},
+                )
+            return [_to_run(r) for r in rows]
+
+    def _find_run(self, session: Session, run_id: str) -> RunRow:
+        prefix = _check_prefix(
+            run_id, kind="run", chars=_ID_CHARS, expected="lowercase letters, digits, '-', '_'"
+        )
+        row = session.get(RunRow, prefix)
+        if row is not None:  # a full id that is also a prefix of a longer one is not ambiguous
+            return row
+        return _one_by_prefix(
+            session,
+            select(RunRow),
+            RunRow.id,
+            prefix,
+            what="run",
+            given=run_id,
+            details={"run": run_id},
+        )
+
+    # -- model versions -------------------------------------------------------------------
+
+    def add_model_version(self, mv: ModelVersion) -> ModelVersion:
+        """Register a model version; the store numbers it (the ``version`` passed is ignored):
+        1 for a new model name, else one past the highest, also under concurrent writers.
+
+        The model's task is fixed by its first version: a version of another task is a
+        Conflict. ``run_id``, ``dataset_version`` and ``parent`` (a version of the same model)
+        must be recorded (NotFound otherwise). ``aliases`` passed in are ignored: set them
+        with :meth:`set_alias`.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> mv = ModelVersion(name="sms", version=0, files={"weights.safetensors": "ab" * 32},
+        ...                   task="text-classification", created_at=at)
+        >>> store.add_model_version(mv).version, store.add_model_version(mv).version
+        (1, 2)
+        >>> store.list_models()
+        ['sms']
+        >>> store.dispose()
+        """
+        _check_model_name(mv.name)
+        if not (isinstance(mv.task, str) and 0 < len(mv.task) <= 100):
+            raise InputError(
+                f"model {mv.name!r}: task {mv.task!r} must be a name of 1 to 100 characters",
+                details={"model": mv.name},
+            )
+        where = f"model {mv.name!r}"
+        files = _plain_json(f"{where}, field 'files'", mv.files, dict)
+        if not all(isinstance(v, str) for v in files.values()):
+            raise InputError(
+                f"{where}, field 'files': values must be artifact digests (strings)",
+                details={"model": mv.name},
+            )
+        metrics = _plain_json(f"{where}, field 'metrics'", mv.metrics, dict)
+
+        def add(session: Session) -> ModelVersion:
+            model = self._lock_model(session, mv.name)
+            if model is None:
+                # A concurrent first version of the same name makes this insert fail; _write
+                # then retries once, and the retry finds (and locks) the other's row.
+                session.add(ModelRow(name=mv.name, created_at=mv.created_at, task=mv.task))
+                session.flush()
+            elif model.task != mv.task:
+                raise Conflict(
+                    f"{where} is a {model.task!r} model; cannot add a {mv.task!r} version to it",
+                    details={"model": mv.name, "task": model.task},
+                )
+            if mv.parent is not None:
+                self._require_model_version(session, mv.name, mv.parent)
+            if mv.run_id is not None and session.get(RunRow, mv.run_id) is None:
+                raise NotFound(f"{where}: run {mv.run_id!r} not found", details={"run": mv.run_id})
+            if (
+                mv.dataset_version is not None
+                and session.get(DatasetVersionRow, mv.dataset_version) is None
+            ):
+                raise NotFound(
+                    f"{where}: dataset version {mv.dataset_version!r} not found",
+                    details={"dataset_version": mv.dataset_version},
+                )
+            latest = session.scalar(
+                select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == mv.name)
+            )
+            row = ModelVersionRow(
+                name=mv.name,
+                version=(latest or 0) + 1,
+                files=files,
+                task=mv.task,
+                created_at=mv.created_at,
+                run_id=mv.run_id,
+                dataset_version=mv.dataset_version,
+                parent=mv.parent,
+                metrics=metrics,
+                description=mv.description,
+            )
+            session.add(row)
+            session.flush()
+            return _to_model_version(row, ())
+
+        return self._write(add)
+
+    def get_model_version(self, name: str, ref: str | int | None = None) -> ModelVersion:
+        """One version of a model. ``ref`` is None or ``"latest"`` (the highest version), a
+        version number (an int or a string of digits), or an alias name resolved through the
+        aliases. The result's ``aliases`` are those pointing at it now.
+
+        NotFound for an unknown model (naming the nearest model), version (listing the
+        versions) or alias (listing the aliases).
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> for _ in range(3):
+        ...     _ = store.add_model_version(ModelVersion(name="sms", version=0, files={},
+        ...                                              task="text-classification", created_at=at))
+        >>> _ = store.set_alias("sms", "production", 2)
+        >>> [store.get_model_version("sms", r).version for r in (None, 1, "3", "production")]
+        [3, 1, 3, 2]
+        >>> store.get_model_version("sms", 2).aliases
+        ('production',)
+        >>> store.dispose()
+        """
+        with self._read() as session:
+            self._require_model(session, name)
+            version = self._resolve_ref(session, name, ref)
+            row = self._require_model_version(session, name, version)
+            return _to_model_version(row, self._aliases_of(session, name).get(version, []))
+
+    def list_model_versions(self, name: str | None = None) -> list[ModelVersion]:
+        """Versions of one model (highest first) or of all models (newest ``created_at``
+        first), each with the aliases pointing at it."""
+        with self._read() as session:
+            query = select(ModelVersionRow)
+            alias_query = select(AliasRow)
+            if name is not None:
+                self._require_model(session, name)
+                query = query.where(ModelVersionRow.name == name)
+                alias_query = alias_query.where(AliasRow.name == name)
+                query = query.order_by(ModelVersionRow.version.desc())
+            else:
+                query = query.order_by(
+                    ModelVersionRow.created_at.desc(),
+                    ModelVersionRow.name,
+                    ModelVersionRow.version.desc(),
+                )
+            aliases: dict[tuple[str, int], list[str]] = {}
+            for a in session.scalars(alias_query):
+                aliases.setdefault((a.name, a.version), []).append(a.alias)
+            return [
+                _to_model_version(r, aliases.get((r.name, r.version), []))
+                for r in session.scalars(query)
+            ]
+
+    def list_models(self) -> list[str]:
+        """Model names (those with at least one version), sorted."""
+        with self._read() as session:
+            return list(session.scalars(select(ModelRow.name).order_by(ModelRow.name)))
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def set_alias(
+        self, name: str, alias: str, version: int, *, actor: str = "", reason: str = ""
+    ) -> AliasMove:
+        """Point ``alias`` of model ``name`` at ``version`` and record the move (with the
+        version it pointed at before) in the same transaction. Every call is recorded, also
+        one that leaves the alias where it was (then ``previous == version``).
+
+        InputError for a malformed alias (1 to 40 lowercase letters, digits, '-' or '_', not
+        only digits, not ``latest``); NotFound for an unknown model or version.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> for _ in range(2):
+        ...     _ = store.add_model_version(ModelVersion(name="sms", version=0, files={},
+        ...                                              task="text-classification", created_at=at))
+        >>> store.set_alias("sms", "production", 1).previous is None
+        True
+        >>> move = store.set_alias("sms", "production", 2, actor="ana", reason="gate passed")
+        >>> (move.previous, move.version), store.aliases("sms")
+        ((1, 2), {'production': 2})
+        >>> store.dispose()
+        """
+        _check_alias(alias)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InputError(
+                f"model {name!r}, alias {alias!r}: version {version!r} is not a version number",
+                details={"model": name, "alias": alias},
+            )
+
+        def move(session: Session) -> AliasMove:
+            if self._lock_model(session, name) is None:
+                self._require_model(session, name)
+            self._require_model_version(session, name, version)
+            current = session.get(AliasRow, (name, alias))
+            previous = None if current is None else current.version
+            if current is None:
+                session.add(AliasRow(name=name, alias=alias, version=version))
+            else:
+                current.version = version
+            return self._record_move(session, name, alias, version, previous, actor, reason)
+
+        return self._write(move)
+
+    def delete_alias(
+        self, name: str, alias: str, *, actor: str = "", reason: str = ""
+    ) -> AliasMove:
+        """Remove an alias and record the move (``version`` None, ``previous`` the version it
+        pointed at). NotFound for an unknown model or alias (listing the aliases)."""
+
+        def delete(session: Session) -> AliasMove:
+            if self._lock_model(session, name) is None:
+                self._require_model(session, name)
+            current = session.get(AliasRow, (name, alias))
+            if current is None:
+                raise self._alias_not_found(session, name, alias)
+            previous = current.version
+            session.delete(current)
+            return self._record_move(session, name, alias, None, previous, actor, reason)
+
+        return self._write(delete)
+
+    def alias_history(self, name: str | None = None, alias: str | None = None) -> list[AliasMove]:
+        """Every recorded alias move (of one model, of one alias name), newest first."""
+        with self._read() as session:
+            query = select(AliasMoveRow)
+            if name is not None:
+                self._require_model(session, name)
+                query = query.where(AliasMoveRow.name == name)
+            if alias is not None:
+                query = query.where(AliasMoveRow.alias == alias)
+            query = query.order_by(AliasMoveRow.id.desc())
+            return [_to_alias_move(r) for r in session.scalars(query)]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of a model and the version each points at, by alias name."""
+        with self._read() as session:
+            self._require_model(session, name)
+            rows = session.scalars(
+                select(AliasRow).where(AliasRow.name == name).order_by(AliasRow.alias)
+            )
+            return {r.alias: r.version for r in rows}
+
+    # -- model helpers --------------------------------------------------------------------
+
+    def _lock_model(self, session: Session, name: str) -> ModelRow | None:
+        """The model's row, locked until the transaction ends, so writers that read and then
+        write that model's rows take turns. (SQLite has no FOR UPDATE and needs none: there
+        BEGIN IMMEDIATE already lets one writer in at a time.)"""
+        return session.scalars(
+            select(ModelRow).where(ModelRow.name == name).with_for_update()
+        ).first()
+
+    def _require_model(self, session: Session, name: str) -> None:
+        if session.get(ModelRow, name) is not None:
+            return
+        hint = nearest(name, list(session.scalars(select(ModelRow.name))))
+        raise NotFound(
+            f"model {name!r} not found" + (f"; did you mean {hint!r}?" if hint else ""),
+            details={"model": name, "nearest": hint},
+        )
+
+    def _require_model_version(self, session: Session, name: str, version: int) -> ModelVersionRow:
+        row = session.get(ModelVersionRow, (name, version))
+        if row is not None:
+            return row
+        self._require_model(session, name)
+        versions = list(
+            session.scalars(
+                select(ModelVersionRow.version)
+                .where(ModelVersionRow.name == name)
+                .order_by(ModelVersionRow.version)
+            )
+        )
+        raise NotFound(
+            f"model {name!r}: version {version} not found; its versions are {_few(versions)}",
+            details={"model": name, "version": version, "versions": versions},
+        )
+
+    def _resolve_ref(self, session: Session, name: str, ref: str | int | None) -> int:
+        if ref is None or ref == LATEST:
+            latest = session.scalar(
+                select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)
+            )
+            if latest is None:
+                raise NotFound(f"model {name!r} has no versions", details={"model": name})
+            return int(latest)
+        if isinstance(ref, str) and ref.isascii() and ref.isdigit():
+            return int(ref)
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return ref
+        if isinstance(ref, str):
+            row = session.get(AliasRow, (name, ref))
+            if row is None:
+                raise self._alias_not_found(session, name, ref)
+            return row.version
+        raise InputError(
+            f"model {name!r}: reference {ref!r} is not a version number, an alias or None",
+            details={"model": name},
+        )
+
+    def _alias_not_found(self, session: Session, name: str, alias: str) -> NotFound:
+        existing = self._aliases_by_name(session, name)
+        hint = nearest(alias, list(existing))
+        listing = ", ".join(f"{a} -> {v}" for a, v in existing.items()) or "none"
+        return NotFound(
+            f"model {name!r}: alias {alias!r} not found"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; its aliases are {listing}",
+            details={"model": name, "alias": alias, "aliases": existing, "nearest": hint},
+        )
+
+    def _aliases_by_name(self, session: Session, name: str) -> dict[str, int]:
+        query = select(AliasRow).where(AliasRow.name == name).order_by(AliasRow.alias)
+        rows = session.scalars(query)
+        return {r.alias: r.version for r in rows}
+
+    def _aliases_of(self, session: Session, name: str) -> dict[int, list[str]]:
+        by_version: dict[int, list[str]] = {}
+        for alias, version in self._aliases_by_name(session, name).items():
+            by_version.setdefault(version, []).append(alias)
+        return by_version
+
+    @staticmethod
+    def _record_move(
+        session: Session,
+        name: str,
+        alias: str,
+        version: int | None,
+        previous: int | None,
+        actor: str,
+        reason: str,
+    ) -> AliasMove:
+        row = AliasMoveRow(
+            name=name,
+            alias=alias,
+            version=version,
+            previous=previous,
+            moved_at=datetime.now(timezone.utc),
+            actor=actor,
+            reason=reason,
+        )
+        session.add(row)
+        session.flush()
+        return _to_alias_move(row)
+
     # -- sessions -------------------------------------------------------------------------
 
     @contextmanager
@@ -278,15 +930,129 @@ class MetadataStore:
             return _retry_locked(attempt)
 
 
-def _check_version(version: str) -> str:
-    prefix = version.lower()
-    if not (MIN_PREFIX <= len(prefix) <= 64) or any(c not in "0123456789abcdef" for c in prefix):
+def _check_prefix(value: str, *, kind: str, chars: frozenset[str], expected: str) -> str:
+    """The lowercased id or id prefix, or InputError naming what a ``kind`` id looks like."""
+    prefix = value.lower()
+    if not (MIN_PREFIX <= len(prefix) <= 64) or any(c not in chars for c in prefix):
         raise InputError(
-            f"version {version!r}: not a version id; expected a hex id or a prefix of at least "
+            f"{kind} {value!r}: not a {kind} id; expected {expected} or a prefix of at least "
             f"{MIN_PREFIX} of its characters",
-            details={"version": version},
+            details={kind: value},
         )
     return prefix
+
+
+R = TypeVar("R", DatasetVersionRow, RunRow)
+
+
+def _one_by_prefix(
+    session: Session,
+    query: sa.Select[R],
+    column: sa.orm.InstrumentedAttribute[str],
+    prefix: str,
+    *,
+    what: str,
+    given: str,
+    details: dict[str, Any],
+) -> R:
+    """The one row of ``query`` whose ``column`` starts with ``prefix``: NotFound when none,
+    InputError listing (up to 10) candidates when several."""
+    rows = session.scalars(query.where(column.startswith(prefix, autoescape=True)).limit(11)).all()
+    if not rows:
+        raise NotFound(f"{what} {given!r} not found", details=details)
+    if len(rows) > 1:
+        candidates = sorted(r.id[:12] for r in rows[:10])
+        more = " and more" if len(rows) > 10 else ""
+        raise InputError(
+            f"{what} prefix {given!r} is ambiguous; it matches "
+            f"{', '.join(candidates)}{more}; give more characters",
+            details={**details, "candidates": candidates},
+        )
+    return rows[0]
+
+
+def _check_model_name(name: str) -> None:
+    if not (isinstance(name, str) and _MODEL_NAME.fullmatch(name)):
+        raise InputError(
+            f"model name {name!r}: expected 1 to 200 letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit",
+            details={"model": name},
+        )
+
+
+def _check_alias(alias: str) -> None:
+    """Aliases share the ``ref`` namespace with version numbers and ``latest``.
+
+    >>> _check_alias("production")
+    >>> _check_alias("42")
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.InputError: alias '42': only digits would read as a version number; expected 1 to 40 lowercase letters, digits, '-' or '_', not only digits and not 'latest'
+    """
+    rule = (
+        "expected 1 to 40 lowercase letters, digits, '-' or '_', not only digits and not 'latest'"
+    )
+    if not (isinstance(alias, str) and _ALIAS.fullmatch(alias)):
+        raise InputError(f"alias {alias!r}: malformed; {rule}", details={"alias": alias})
+    if alias.isdigit():
+        raise InputError(
+            f"alias {alias!r}: only digits would read as a version number; {rule}",
+            details={"alias": alias},
+        )
+    if alias == LATEST:
+        raise InputError(
+            f"alias {alias!r}: reserved for the newest version; {rule}", details={"alias": alias}
+        )
+
+
+def _check_status(status: str) -> None:
+    if status not in RUN_STATUSES:
+        hint = nearest(str(status), list(RUN_STATUSES))
+        raise InputError(
+            f"run status {status!r}: expected one of {list(RUN_STATUSES)}"
+            + (f" (did you mean {hint!r}?)" if hint else ""),
+            details={"status": status},
+        )
+
+
+J = TypeVar("J", dict[str, Any], list[Any])
+
+
+def _plain_json(where: str, value: Any, kind: type[J]) -> J:
+    """``value`` as JSON reads it back (tuples become lists, keys strings), so a write returns
+    what a later read returns. NaN, infinity and non-JSON types are refused on every backend.
+
+    >>> _plain_json("spec", {"size": (224, 224), 1: "a"}, dict)
+    {'size': [224, 224], '1': 'a'}
+    >>> _plain_json("history", [{"loss": float("nan")}], list)
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.InputError: history: not plain JSON (it holds NaN or infinity); expected numbers, strings, booleans, null, lists and objects; store NaN or infinity as null
+    """
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: expected a JSON {'object' if kind is dict else 'array'}")
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        problem = str(e) if isinstance(e, TypeError) else "it holds NaN or infinity"
+        raise InputError(
+            f"{where}: not plain JSON ({problem}); expected numbers, strings, booleans, null, "
+            "lists and objects; store NaN or infinity as null"
+        ) from e
+    return cast(J, json.loads(text))
+
+
+def _few(values: Sequence[int], limit: int = 10) -> str:
+    """
+    >>> _few([1, 2, 3]), _few(list(range(1, 21)), limit=4), _few([])
+    ('1, 2, 3', '1, 2, ..., 19, 20', 'none')
+    """
+    if not values:
+        return "none"
+    if len(values) <= limit:
+        return ", ".join(map(str, values))
+    half = limit // 2
+    return ", ".join([*map(str, values[:half]), "...", *map(str, values[-half:])])
 
 
 def _retry_locked(
