@@ -183,6 +183,7 @@ def _read_and_check(
     phashes: list[int | None] = []
     content_keys: list[str] = []
     given: list[str | None] = []
+    occurrence: Counter[str] = Counter()
     non_printable = config.thresholds.non_printable_fraction
 
     with progress.task("reading and checking records", total=total) as task:
@@ -203,7 +204,11 @@ def _read_and_check(
             if isinstance(mask, (bytes, bytearray)):
                 mask = put_blob(bytes(mask))
             key = _content_key(text, digest, rec)
-            rid = record_id(rec.source, key + "\x00" + _label_key(f))
+            # The id depends on what the record holds, not where it sat: re-ingesting a renamed or
+            # reordered file keeps every id (and so the frozen test split). Copies are numbered.
+            identity = key + "\x00" + _label_key(f)
+            occurrence[identity] += 1
+            rid = record_id(f"#{occurrence[identity]}", identity)
             records.append(
                 Record(
                     id=rid,
@@ -228,7 +233,6 @@ def _read_and_check(
             content_keys.append(key)
             given.append(rec.split)
             task.advance()
-    _reject_duplicate_ids(records)
     return records, problems, phashes, content_keys, given
 
 
@@ -255,6 +259,8 @@ def _content_key(text: str | None, digest: str | None, rec: RawRecord) -> str:
     parts = []
     if digest is not None:
         parts.append("image:" + digest)
+    elif rec.image_path is not None:
+        parts.append("unreadable:" + rec.source)  # no bytes to hash: tell broken files apart by name
     if text is not None:
         parts.append("text:" + text)
     if not parts:
@@ -267,15 +273,6 @@ def _label_key(fields: dict[str, Any]) -> str:
     if fields.get("boxes"):
         labels["boxes"] = [(b.label, b.x, b.y, b.w, b.h) for b in fields["boxes"]]
     return json.dumps(labels, sort_keys=True, default=str)
-
-
-def _reject_duplicate_ids(records: list[Record]) -> None:
-    """Two raw records at the same source with the same content would collide; keep ids unique."""
-    seen: set[str] = set()
-    for r in records:
-        if r.id in seen:
-            r.id = record_id(r.source + "#dup", r.id)
-        seen.add(r.id)
 
 
 def _unusable(problems: dict[str, list[tuple[str, str]]], config: WorkspaceConfig) -> set[str]:
@@ -303,13 +300,14 @@ def _dataset_findings(
     from aifab.data import checks, dedup
 
     ids = [r.id for r in records]
+    sources = [r.source for r in records]
     labels = [r.labels() for r in records]
     findings: list[Finding] = []
     n = len(records)
     cfg = config.checks
 
     exact = dedup.exact_groups(content_keys)
-    findings += checks.duplicate_findings(ids, content_keys, labels, kind="exact", groups=exact)
+    findings += checks.duplicate_findings(ids, content_keys, labels, kind="exact", groups=exact, sources=sources)
     advance(1)
 
     groups = [exact]
@@ -321,7 +319,7 @@ def _dataset_findings(
         full = _scatter(near, text_idx, n)
         groups.append(full)
         findings += checks.duplicate_findings(
-            ids, content_keys, labels, kind="near_text", groups=_beyond_exact(full, exact)
+            ids, content_keys, labels, kind="near_text", groups=_beyond_exact(full, exact), sources=sources
         )
     advance(1)
 
@@ -329,7 +327,7 @@ def _dataset_findings(
         near_img = dedup.image_near_duplicate_groups(phashes, max_hamming=config.thresholds.near_duplicate_image_hamming)
         groups.append(near_img)
         findings += checks.duplicate_findings(
-            ids, content_keys, labels, kind="near_image", groups=_beyond_exact(near_img, exact)
+            ids, content_keys, labels, kind="near_image", groups=_beyond_exact(near_img, exact), sources=sources
         )
     findings += checks.label_findings(
         ids,

@@ -96,8 +96,6 @@ class Workspace:
                 ws = cls(folder, load_yaml(WorkspaceConfig, folder / CONFIG_FILE))
                 ws.meta.migrate()
                 return ws
-            if root is not None:
-                break
         raise WorkspaceError(f"no aifab workspace at {start} or above it; create one with: aifab init {start}")
 
     def close(self) -> None:
