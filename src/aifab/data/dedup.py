@@ -326,15 +326,19 @@ def lsh_candidate_pairs(signatures: np.ndarray, *, bands: int, rows: int) -> np.
         raise ValueError(
             f"bands * rows = {bands * rows} exceeds the signature length {signatures.shape[1]}"
         )
-    found: list[np.ndarray] = []
-    for band in range(bands):
-        block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        key = np.zeros(n, dtype=np.uint64)
-        for col in range(rows):
-            key = _fmix64((key * _MIX) ^ block[:, col])
-        order = np.argsort(key, kind="stable")
-        found.append(_pairs_in_buckets(key[order], order))
+    found = [_band_pairs(signatures, band, rows) for band in range(bands)]
     return _unique_pairs(np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64), n)
+
+
+def _band_pairs(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """Unique candidate pairs of one band (rows agreeing on all of the band's columns)."""
+    n = len(signatures)
+    block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
+    key = np.zeros(n, dtype=np.uint64)
+    for col in range(rows):
+        key = _fmix64((key * _MIX) ^ block[:, col])
+    order = np.argsort(key, kind="stable")
+    return _unique_pairs(_pairs_in_buckets(key[order], order), n)
 
 
 def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -464,12 +468,30 @@ def near_duplicate_groups(
     flat, offsets = _shingle_sets(texts, shingle=shingle)
     sig = _signatures(flat, offsets, num_perm=num_perm, seed=seed)
     has_shingles = np.flatnonzero(np.diff(offsets) > 0)
+    sig = sig[has_shingles]
     bands, rows = lsh_params(threshold, num_perm)
-    candidates = has_shingles[lsh_candidate_pairs(sig[has_shingles], bands=bands, rows=rows)]
-    similarity = _exact_jaccard(candidates, flat, offsets) if len(candidates) else np.zeros(0)
-    keep = similarity >= threshold
-    pairs = candidates[keep].reshape(-1, 2)
-    return NearDupResult(group=_components(pairs, n), pairs=pairs, similarity=similarity[keep])
+    # Verify band by band and keep only the confirmed pairs: on texts with a small vocabulary
+    # the candidates run to dozens per text, and holding all of them at once cost gigabytes
+    # at a million texts. A pair that collides in several bands is verified more than once,
+    # which costs time, not memory.
+    kept_pairs: list[np.ndarray] = []
+    kept_sims: list[np.ndarray] = []
+    for band in range(bands):
+        candidates = has_shingles[_band_pairs(sig, band, rows)]
+        if not len(candidates):
+            continue
+        similarity = _exact_jaccard(candidates, flat, offsets)
+        keep = similarity >= threshold
+        kept_pairs.append(candidates[keep].reshape(-1, 2))
+        kept_sims.append(similarity[keep])
+    if kept_pairs:
+        pairs = np.concatenate(kept_pairs)
+        sims = np.concatenate(kept_sims)
+        pairs, first = np.unique(pairs, axis=0, return_index=True)
+        sims = sims[first]
+    else:
+        pairs, sims = np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    return NearDupResult(group=_components(pairs, n), pairs=pairs, similarity=sims)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def build_version(
     )
     from aifab.data import checks
 
-    sources = {r.id: r.source for r in records}
+    sources = {r.id: r.source for r in records if r.id in problems}
     first = checks.record_findings(problems, sources)
     report1 = checks.apply_policies(first, config.checks)
     dropped = set(report1.quarantined) | _unusable(problems, config)
@@ -144,11 +144,10 @@ def manifest_digest(table: pa.Table) -> str:
     the same records with the same splits always give the same id.
     """
     h = hashlib.sha256()
-    columns = {name: table.column(name).to_pylist() for name in MANIFEST_SCHEMA.names}
-    for i in range(table.num_rows):
-        row = {name: columns[name][i] for name in MANIFEST_SCHEMA.names}
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
-        h.update(b"\n")
+    for batch in table.to_batches(max_chunksize=20_000):  # bounded memory at a million rows
+        for row in batch.to_pylist():
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+            h.update(b"\n")
     return h.hexdigest()
 
 
@@ -183,7 +182,7 @@ def _read_and_check(
     phashes: list[int | None] = []
     content_keys: list[str] = []
     given: list[str | None] = []
-    occurrence: Counter[str] = Counter()
+    occurrence: Counter[bytes] = Counter()
     non_printable = config.thresholds.non_printable_fraction
 
     with progress.task("reading and checking records", total=total) as task:
@@ -203,12 +202,15 @@ def _read_and_check(
             mask = f.get("mask")
             if isinstance(mask, (bytes, bytearray)):
                 mask = put_blob(bytes(mask))
-            key = _content_key(text, digest, rec)
+            # A digest, not the content itself: exact-duplicate detection needs equality only, and a
+            # second copy of every text would cost hundreds of MB at a million records.
+            key = hashlib.sha256(_content_key(text, digest, rec).encode("utf-8", "surrogatepass")).hexdigest()
             # The id depends on what the record holds, not where it sat: re-ingesting a renamed or
             # reordered file keeps every id (and so the frozen test split). Copies are numbered.
             identity = key + "\x00" + _label_key(f)
-            occurrence[identity] += 1
-            rid = record_id(f"#{occurrence[identity]}", identity)
+            seen = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).digest()
+            occurrence[seen] += 1
+            rid = record_id(f"#{occurrence[seen]}", identity)
             records.append(
                 Record(
                     id=rid,
@@ -233,6 +235,7 @@ def _read_and_check(
             content_keys.append(key)
             given.append(rec.split)
             task.advance()
+        task.update(total=len(records))  # the reader's count was a hint; the bar ends full
     return records, problems, phashes, content_keys, given
 
 
