@@ -152,3 +152,56 @@ class AliasMove:
     moved_at: datetime
     actor: str = ""
     reason: str = ""
+
+
+Role = Literal["client", "annotator", "operator", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token's stored form: never the secret, only its salted hash."""
+
+    id: str
+    name: str
+    role: Role
+    salt: str
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One served answer, kept for feedback, drift and the review queue.
+
+    ``input_text`` holds a text input; ``input_blob`` the artifact digest of an image input
+    (both None when input logging is off; ``input_hash`` is always kept).
+    """
+
+    id: str
+    model_name: str
+    model_version: int
+    created_at: datetime
+    input_hash: str
+    label: Any
+    scores: dict[str, float]
+    latency_ms: float
+    input_text: str | None = None
+    input_blob: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A correction or rating of one prediction: ``label`` (single-label), ``labels`` (multi-label)
+    or ``correct`` (a thumbs up/down)."""
+
+    id: str
+    prediction_id: str
+    model_name: str
+    created_at: datetime
+    label: str | None = None
+    labels: tuple[str, ...] | None = None
+    correct: bool | None = None
+    comment: str = ""
+    new_class: bool = False
+    actor: str = ""

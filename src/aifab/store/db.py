@@ -6,7 +6,8 @@ here, a ``_to_*`` converter, methods on :class:`MetadataStore` that read through
 ``self._read()`` and write through ``self._write(fn)``, and one migration.
 
 Nouns: datasets and their versions (revision 0001); training runs, models, model versions,
-aliases and the audit trail of alias moves (revision 0002). Model versions are numbered by the
+aliases and the audit trail of alias moves (revision 0002); API tokens, the prediction log and
+feedback on predictions (revision 0003). Model versions are numbered by the
 store (1, 2, ... per model name); an alias (``production``, ``candidate``) points at one version
 and every move of it is kept in ``alias_moves``. Writes that read-then-write one model's rows
 (allocating a version, moving an alias) first lock that model's row, so they serialize per model
@@ -46,6 +47,7 @@ from sqlalchemy import (
     BigInteger,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     String,
     Text,
     UniqueConstraint,
@@ -59,7 +61,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from aifab.core.errors import Conflict, InputError, NotFound, Overloaded, nearest
-from aifab.core.types import AliasMove, DatasetVersion, ModelVersion, Run, RunStatus
+from aifab.core.types import (
+    AliasMove,
+    DatasetVersion,
+    Feedback,
+    ModelVersion,
+    Prediction,
+    Role,
+    Run,
+    RunStatus,
+    Token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,7 @@ T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIN_PREFIX = 6
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+ROLES: tuple[str, ...] = get_args(Role)  # security.roles orders them; the store only checks them
 LATEST = "latest"  # a reference meaning the newest version, so no alias may take this name
 _HEX = frozenset("0123456789abcdef")
 _ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_")
@@ -74,6 +87,9 @@ _ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _ALIAS = re.compile(r"[a-z0-9_-]{1,40}")
 _RUN_ID = re.compile(r"[a-z0-9_-]{6,64}")
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")
+_RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # prediction and feedback ids (uuid4 hex)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _WRITE_OPTION = "aifab_write"
 
 
@@ -229,6 +245,63 @@ class AliasMoveRow(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    __table_args__ = (
+        # A name is unique among live tokens only: a revoked token's name can be issued again.
+        Index(
+            "uq_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("revoked_at IS NULL"),
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    salt: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class PredictionRow(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_model_name_created_at", "model_name", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Not a foreign key to model_versions: logging a served answer must never fail on the
+    # registry's state, and the log may outlive a model version.
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[int]
+    created_at: Mapped[datetime]
+    input_hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[Any] = mapped_column(JSON, nullable=True)  # str, list of str, or a task's shape
+    scores: Mapped[dict[str, Any]]
+    latency_ms: Mapped[float]
+    input_text: Mapped[str | None] = mapped_column(Text)
+    input_blob: Mapped[str | None] = mapped_column(String(64))
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_model_name_created_at", "model_name", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Indexed: list_predictions(without_feedback=True) looks feedback up by prediction.
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    label: Mapped[str | None] = mapped_column(Text)
+    labels: Mapped[list[str] | None] = mapped_column(JSON)
+    correct: Mapped[bool | None]
+    comment: Mapped[str] = mapped_column(Text)
+    new_class: Mapped[bool]
+    actor: Mapped[str] = mapped_column(Text)
+
+
 def _utc(value: datetime) -> datetime:
     """Aware UTC, as a read from the database returns it (naive input is taken as UTC)."""
     if value.tzinfo is None:
@@ -279,6 +352,48 @@ def _to_alias_move(row: AliasMoveRow) -> AliasMove:
         moved_at=_utc(row.moved_at),
         actor=row.actor,
         reason=row.reason,
+    )
+
+
+def _to_token(row: TokenRow) -> Token:
+    return Token(
+        id=row.id,
+        name=row.name,
+        role=cast(Role, row.role),
+        salt=row.salt,
+        secret_hash=row.secret_hash,
+        created_at=_utc(row.created_at),
+        revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
+    )
+
+
+def _to_prediction(row: PredictionRow) -> Prediction:
+    return Prediction(
+        id=row.id,
+        model_name=row.model_name,
+        model_version=row.model_version,
+        created_at=_utc(row.created_at),
+        input_hash=row.input_hash,
+        label=row.label,
+        scores=row.scores,
+        latency_ms=row.latency_ms,
+        input_text=row.input_text,
+        input_blob=row.input_blob,
+    )
+
+
+def _to_feedback(row: FeedbackRow) -> Feedback:
+    return Feedback(
+        id=row.id,
+        prediction_id=row.prediction_id,
+        model_name=row.model_name,
+        created_at=_utc(row.created_at),
+        label=row.label,
+        labels=None if row.labels is None else tuple(row.labels),
+        correct=row.correct,
+        comment=row.comment,
+        new_class=row.new_class,
+        actor=row.actor,
     )
 
 
@@ -806,6 +921,294 @@ class MetadataStore:
             )
             return {r.alias: r.version for r in rows}
 
+    # -- API tokens -----------------------------------------------------------------------
+
+    def add_token(self, token: Token) -> Token:
+        """Record an API token: its id, name, role and the salted hash of its secret (the
+        plaintext never reaches the store; ``security.tokens.issue_token`` makes both).
+
+        InputError for a malformed id (12 hex characters) or name, an unknown role or an empty
+        salt or hash; Conflict if the id is taken or a live (not revoked) token has the name.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> t = store.add_token(Token(id="0123456789ab", name="ci", role="client", salt="00",
+        ...                           secret_hash="scrypt$14$8$1$ff", created_at=at))
+        >>> store.get_token("0123456789ab") == t, store.revoke_token("ci").revoked_at is not None
+        (True, True)
+        >>> store.dispose()
+        """
+        if not (isinstance(token.id, str) and _TOKEN_ID.fullmatch(token.id)):
+            raise InputError(
+                f"token id {_shown(token.id)}: expected 12 lowercase hex characters",
+                details={"token": _shown(token.id)},
+            )
+        _check_token_name(token.name)
+        if token.role not in ROLES:
+            hint = nearest(str(token.role), list(ROLES))
+            raise InputError(
+                f"token {token.name!r}: role {token.role!r} unknown; expected one of {list(ROLES)}"
+                + (f" (did you mean {hint!r}?)" if hint else ""),
+                details={"token": token.id, "role": token.role},
+            )
+        if not token.salt or not token.secret_hash:
+            raise InputError(
+                f"token {token.name!r}: salt and secret_hash must not be empty",
+                details={"token": token.id},
+            )
+
+        def add(session: Session) -> Token:
+            if session.get(TokenRow, token.id) is not None:
+                raise Conflict(f"token {token.id} exists already", details={"token": token.id})
+            live = self._live_token(session, token.name)
+            if live is not None:
+                raise Conflict(
+                    f"token name {token.name!r} is taken by live token {live.id}; revoke that one "
+                    "first or choose another name",
+                    details={"token": live.id, "name": token.name},
+                )
+            row = TokenRow(
+                id=token.id,
+                name=token.name,
+                role=token.role,
+                salt=token.salt,
+                secret_hash=token.secret_hash,
+                created_at=token.created_at,
+                revoked_at=token.revoked_at,
+            )
+            session.add(row)
+            session.flush()
+            return _to_token(row)
+
+        return self._write(add)
+
+    def get_token(self, token_id: str) -> Token:
+        """A token (live or revoked) by its 12-hex id; NotFound when there is none."""
+        with self._read() as session:
+            row = session.get(TokenRow, token_id) if isinstance(token_id, str) else None
+            if row is None:
+                raise NotFound(
+                    f"token {_shown(token_id)} not found", details={"token": _shown(token_id)}
+                )
+            return _to_token(row)
+
+    def list_tokens(self) -> list[Token]:
+        """Every token, revoked ones included, newest first."""
+        with self._read() as session:
+            query = select(TokenRow).order_by(TokenRow.created_at.desc(), TokenRow.id)
+            return [_to_token(r) for r in session.scalars(query)]
+
+    def revoke_token(self, name_or_id: str) -> Token:
+        """Revoke a token given by its id, or by the name of a live token; return it with
+        ``revoked_at`` set. Revoking a revoked token (by id) returns it unchanged. NotFound
+        (naming the nearest live name) when nothing matches."""
+
+        def revoke(session: Session) -> Token:
+            row = None
+            if isinstance(name_or_id, str) and _TOKEN_ID.fullmatch(name_or_id):
+                row = session.get(TokenRow, name_or_id)
+            if row is None:
+                row = self._live_token(session, name_or_id)
+            if row is None:
+                live = list(
+                    session.scalars(select(TokenRow.name).where(TokenRow.revoked_at.is_(None)))
+                )
+                hint = nearest(str(name_or_id), live)
+                raise NotFound(
+                    f"token {_shown(name_or_id)}: no token with that id and no live token with "
+                    "that name" + (f"; did you mean {hint!r}?" if hint else ""),
+                    details={"token": _shown(name_or_id), "nearest": hint},
+                )
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(timezone.utc)
+                session.flush()
+            return _to_token(row)
+
+        return self._write(revoke)
+
+    @staticmethod
+    def _live_token(session: Session, name: str) -> TokenRow | None:
+        query = select(TokenRow).where(TokenRow.name == name, TokenRow.revoked_at.is_(None))
+        return session.scalars(query).first()
+
+    # -- prediction log -------------------------------------------------------------------
+
+    def add_predictions(self, predictions: Sequence[Prediction]) -> None:
+        """Record served predictions, all in ONE transaction: the server's group commit (one
+        commit per inference batch, not per request). All are written or none: a bad or
+        already recorded one fails the whole batch.
+
+        InputError for a malformed field (naming the prediction and field) or an id twice in
+        the batch; Conflict (listing the ids) for ids recorded already.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> store.add_predictions([Prediction(id=f"p{i}", model_name="sms", model_version=1,
+        ...     created_at=at, input_hash="ab" * 32, label="spam", scores={"spam": 0.9, "ham": 0.1},
+        ...     latency_ms=3.5, input_text="WIN now") for i in range(3)])
+        >>> store.count_predictions("sms"), store.get_prediction("p1").label
+        (3, 'spam')
+        >>> store.dispose()
+        """
+        values = [_prediction_values(p) for p in predictions]
+        if not values:
+            return
+        ids = [v["id"] for v in values]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise InputError(
+                f"predictions: ids given more than once in one batch: {', '.join(twice[:10])}",
+                details={"predictions": twice},
+            )
+
+        def add(session: Session) -> None:
+            # Core executemany of one prepared INSERT: no ORM unit of work per row.
+            session.execute(cast(sa.Table, PredictionRow.__table__).insert(), values)
+
+        try:
+            self._write(add)
+        except SqlIntegrityError as e:
+            with self._read() as session:
+                query = select(PredictionRow.id).where(PredictionRow.id.in_(ids))
+                taken = sorted(session.scalars(query))
+            raise Conflict(
+                f"predictions recorded already: {', '.join(taken[:10])}"
+                + (" and more" if len(taken) > 10 else ""),
+                details={"predictions": taken},
+            ) from e
+
+    def get_prediction(self, prediction_id: str) -> Prediction:
+        """One logged prediction by id; NotFound when there is none."""
+        with self._read() as session:
+            row = session.get(PredictionRow, prediction_id)
+            if row is None:
+                raise NotFound(
+                    f"prediction {prediction_id!r} not found",
+                    details={"prediction": prediction_id},
+                )
+            return _to_prediction(row)
+
+    def list_predictions(
+        self,
+        model_name: str,
+        *,
+        since: datetime | None = None,
+        limit: int = 1000,
+        without_feedback: bool = False,
+    ) -> list[Prediction]:
+        """Predictions of one model, newest first: at most ``limit``, those at or after
+        ``since``, and only those nobody gave feedback on yet with ``without_feedback``
+        (the review queue). A model with no predictions gives ``[]``."""
+        _check_limit(limit)
+        with self._read() as session:
+            query = select(PredictionRow).where(PredictionRow.model_name == model_name)
+            if since is not None:
+                query = query.where(PredictionRow.created_at >= since)
+            if without_feedback:
+                answered = sa.exists().where(FeedbackRow.prediction_id == PredictionRow.id)
+                query = query.where(~answered)
+            query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
+            return [_to_prediction(r) for r in session.scalars(query.limit(limit))]
+
+    def count_predictions(self, model_name: str) -> int:
+        """How many predictions of one model are logged."""
+        with self._read() as session:
+            query = select(func.count()).where(PredictionRow.model_name == model_name)
+            return int(session.scalar(query) or 0)
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def add_feedback(self, fb: Feedback) -> Feedback:
+        """Record feedback on a logged prediction of ``fb.model_name``.
+
+        NotFound ("prediction <id> not found for model <name>") when the prediction is not
+        logged or belongs to another model, and nothing is written; InputError unless exactly
+        one of ``label``, ``labels``, ``correct`` is given; Conflict if the id is taken. The
+        checks against known labels live in ``feedback.intake``, which knows the model.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> store.add_predictions([Prediction(id="p1", model_name="sms", model_version=1,
+        ...     created_at=at, input_hash="ab" * 32, label="spam", scores={}, latency_ms=1.0)])
+        >>> fb = store.add_feedback(Feedback(id="f1", prediction_id="p1", model_name="sms",
+        ...                                  created_at=at, label="ham", actor="ana"))
+        >>> store.list_feedback("sms") == [fb], store.list_predictions("sms", without_feedback=True)
+        (True, [])
+        >>> store.dispose()
+        """
+        where = f"feedback {fb.id!r}"
+        if not (isinstance(fb.id, str) and _RECORD_ID.fullmatch(fb.id)):
+            raise InputError(f"{where}: id must be 1 to 64 letters, digits, '-' or '_'")
+        given = [n for n in ("label", "labels", "correct") if getattr(fb, n) is not None]
+        if len(given) != 1:
+            raise InputError(
+                f"{where}: give exactly one of label, labels, correct; got "
+                + (", ".join(given) if given else "none"),
+                details={"feedback": fb.id, "given": given},
+            )
+        labels = None
+        if fb.labels is not None:
+            if isinstance(fb.labels, str) or not all(isinstance(x, str) for x in fb.labels):
+                raise InputError(f"{where}, field 'labels': expected a list of strings")
+            labels = list(fb.labels)
+
+        def add(session: Session) -> Feedback:
+            owner = session.scalar(
+                select(PredictionRow.model_name).where(PredictionRow.id == fb.prediction_id)
+            )
+            if owner is None or owner != fb.model_name:
+                raise NotFound(
+                    f"prediction {fb.prediction_id!r} not found for model {fb.model_name!r}",
+                    details={"prediction": fb.prediction_id, "model": fb.model_name},
+                )
+            if session.get(FeedbackRow, fb.id) is not None:
+                raise Conflict(f"{where} exists already", details={"feedback": fb.id})
+            row = FeedbackRow(
+                id=fb.id,
+                prediction_id=fb.prediction_id,
+                model_name=fb.model_name,
+                created_at=fb.created_at,
+                label=fb.label,
+                labels=labels,
+                correct=fb.correct,
+                comment=fb.comment,
+                new_class=fb.new_class,
+                actor=fb.actor,
+            )
+            session.add(row)
+            session.flush()
+            return _to_feedback(row)
+
+        return self._write(add)
+
+    def get_feedback(self, feedback_id: str) -> Feedback:
+        """One feedback by id; NotFound when there is none."""
+        with self._read() as session:
+            row = session.get(FeedbackRow, feedback_id)
+            if row is None:
+                raise NotFound(
+                    f"feedback {feedback_id!r} not found", details={"feedback": feedback_id}
+                )
+            return _to_feedback(row)
+
+    def list_feedback(
+        self, model_name: str | None = None, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[Feedback]:
+        """Feedback (on one model's predictions when ``model_name`` is given), newest first, at
+        most ``limit``, those at or after ``since``."""
+        _check_limit(limit)
+        with self._read() as session:
+            query = select(FeedbackRow)
+            if model_name is not None:
+                query = query.where(FeedbackRow.model_name == model_name)
+            if since is not None:
+                query = query.where(FeedbackRow.created_at >= since)
+            query = query.order_by(FeedbackRow.created_at.desc(), FeedbackRow.id.desc())
+            return [_to_feedback(r) for r in session.scalars(query.limit(limit))]
+
     # -- model helpers --------------------------------------------------------------------
 
     def _lock_model(self, session: Session, name: str) -> ModelRow | None:
@@ -978,6 +1381,86 @@ def _check_model_name(name: str) -> None:
             "starting with a letter or digit",
             details={"model": name},
         )
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message, unless it looks like a plaintext API token: those never appear
+    in messages (someone passed the token where its id belongs).
+
+    >>> _shown("0123456789ab"), _shown("afb_0123456789ab_secret")
+    ("'0123456789ab'", "'afb_***'")
+    """
+    if isinstance(value, str) and value.startswith("afb_"):
+        return "'afb_***'"
+    return repr(value)
+
+
+def _check_token_name(name: str) -> None:
+    if not (isinstance(name, str) and 0 < len(name) <= 100 and name.isprintable()):
+        raise InputError(
+            f"token name {_shown(name)}: expected 1 to 100 printable characters",
+            details={"name": _shown(name)},
+        )
+    if name.startswith("afb_"):
+        raise InputError("token name: must not start with 'afb_' (that is how tokens start)")
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit {limit!r}: expected a whole number of at least 1")
+
+
+def _prediction_values(p: Prediction) -> dict[str, Any]:
+    """One prediction as the column values of its row, checked (InputError naming the field)."""
+    where = f"prediction {p.id!r}"
+    if not (isinstance(p.id, str) and _RECORD_ID.fullmatch(p.id)):
+        raise InputError(f"{where}: id must be 1 to 64 letters, digits, '-' or '_'")
+    _check_model_name(p.model_name)
+    if isinstance(p.model_version, bool) or not isinstance(p.model_version, int):
+        raise InputError(f"{where}, field 'model_version': {p.model_version!r} is not a number")
+    if not (isinstance(p.input_hash, str) and _SHA256.fullmatch(p.input_hash)):
+        raise InputError(f"{where}, field 'input_hash': expected a sha256 hex digest")
+    if p.input_blob is not None and not (
+        isinstance(p.input_blob, str) and _SHA256.fullmatch(p.input_blob)
+    ):
+        raise InputError(f"{where}, field 'input_blob': expected an artifact digest or None")
+    latency = p.latency_ms if isinstance(p.latency_ms, (int, float)) else float("nan")
+    if isinstance(latency, bool) or not (0 <= latency < float("inf")):
+        raise InputError(f"{where}, field 'latency_ms': {p.latency_ms!r} is not a duration")
+    if not isinstance(p.scores, dict):
+        raise InputError(f"{where}, field 'scores': expected a JSON object")
+    _check_json(f"{where}, field 'scores'", p.scores)
+    _check_json(f"{where}, field 'label'", p.label)
+    return {
+        "id": p.id,
+        "model_name": p.model_name,
+        "model_version": p.model_version,
+        "created_at": p.created_at,
+        "input_hash": p.input_hash,
+        "label": p.label,
+        "scores": p.scores,
+        "latency_ms": float(latency),
+        "input_text": p.input_text,
+        "input_blob": p.input_blob,
+    }
+
+
+def _check_json(where: str, value: Any) -> None:
+    """Refuse what JSON columns cannot hold the same on every backend (NaN, infinity, objects).
+    Cheaper than :func:`_plain_json` (no round trip) for the hot path of the prediction log.
+
+    >>> _check_json("scores", {"a": float("nan")})
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.InputError: scores: not plain JSON (it holds NaN or infinity); store NaN or infinity as null
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        problem = str(e) if isinstance(e, TypeError) else "it holds NaN or infinity"
+        raise InputError(
+            f"{where}: not plain JSON ({problem}); store NaN or infinity as null"
+        ) from e
 
 
 def _check_alias(alias: str) -> None:
