@@ -59,10 +59,10 @@ class ImagePreprocessor:
     ``channels`` is 1 (grayscale, mode ``L``) or 3 (``RGB``); ``mean``/``std`` hold one value per
     channel, for pixels scaled to [0, 1].
 
-    >>> ImagePreprocessor(image_size=8, channels=3, mean=(0.5,), std=(0.2,))
+    >>> ImagePreprocessor(image_size=8, channels=3, mean=(0.5,), std=(0.2,))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    aifab.core.errors.ConfigError: preprocessing: mean and std need 3 values (one per channel); got 1 and 1
+    aifab.core.errors.ConfigError: preprocessing: mean and std need 3 values (one per channel); ...
     """
 
     image_size: int
@@ -132,13 +132,15 @@ class ImagePreprocessor:
         image_size: int | None,
         max_samples: int = 2000,
         seed: int = 0,
+        where: str = "image",
     ) -> ImagePreprocessor:
         """Choose channels and size and compute per-channel mean/std on (a sample of) ``images``.
 
         Call it on the training split only. ``channels`` is 1 when every sampled image is
         grayscale, else 3. ``image_size=None`` takes the median of the sampled images' longer
         side, rounded to a multiple of 8 and clamped to [8, 224]. The statistics are measured
-        after the resize, on what the network will see.
+        after the resize, on what the network will see. An undecodable image is an
+        :class:`~aifab.core.errors.InputError` naming it as ``f"{where} {index}"``.
 
         >>> import io
         >>> from PIL import Image
@@ -158,7 +160,7 @@ class ImagePreprocessor:
         picked = range(len(images))
         if len(images) > max_samples:
             picked = sorted(random.Random(seed).sample(range(len(images)), max_samples))
-        opened = [_open(images[i], where=f"image {i}") for i in picked]
+        opened = [_open(images[i], where=f"{where} {i}") for i in picked]
         gray = all(im.mode in _GRAY_MODES for im in opened)
         channels = 1 if gray else 3
         if image_size is None:
@@ -196,7 +198,8 @@ class ImagePreprocessor:
         >>> import io
         >>> from PIL import Image
         >>> buf = io.BytesIO(); Image.new("RGB", (4, 6), (255, 0, 0)).save(buf, format="PNG")
-        >>> x = ImagePreprocessor(image_size=8, channels=3, mean=(0,) * 3, std=(1,) * 3).decode(buf.getvalue())
+        >>> pre = ImagePreprocessor(image_size=8, channels=3, mean=(0,) * 3, std=(1,) * 3)
+        >>> x = pre.decode(buf.getvalue())
         >>> x.shape, x[:, 0, 0].tolist()
         (torch.Size([3, 8, 8]), [1.0, 0.0, 0.0])
         """
@@ -247,7 +250,8 @@ class ImagePreprocessor:
         >>> import torch
         >>> from aifab.core.config import AugmentConfig
         >>> pre = ImagePreprocessor(image_size=8, channels=1, mean=(0.5,), std=(0.25,))
-        >>> pre.train_transform(AugmentConfig(hflip=True, rotation_degrees=10))(torch.rand(1, 8, 8)).shape
+        >>> augment = pre.train_transform(AugmentConfig(hflip=True, rotation_degrees=10))
+        >>> augment(torch.rand(1, 8, 8)).shape
         torch.Size([1, 8, 8])
         >>> t = pre.train_transform(AugmentConfig(enabled=False)); x = torch.rand(1, 8, 8)
         >>> torch.equal(t(x), x)
@@ -336,7 +340,8 @@ class TextPreprocessor:
     :meth:`to_dict`). Encoding follows :func:`encode_texts`.
 
     >>> from tokenizers import Tokenizer, models, pre_tokenizers
-    >>> tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "hi": 2, "there": 3}, unk_token="[UNK]"))
+    >>> vocab = {"[PAD]": 0, "[UNK]": 1, "hi": 2, "there": 3}
+    >>> tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
     >>> pre = TextPreprocessor(tok.to_str(), max_length=8)
     >>> ids, mask = pre(["hi there", "hi"])
@@ -352,7 +357,9 @@ class TextPreprocessor:
         from tokenizers import Tokenizer
 
         if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise ConfigError(f"preprocessing: max_length must be an integer >= 1; got {self.max_length!r}")
+            raise ConfigError(
+                f"preprocessing: max_length must be an integer >= 1; got {self.max_length!r}"
+            )
         try:
             tok = Tokenizer.from_str(self.tokenizer_json)
         except Exception as exc:  # tokenizers raises a bare Exception for bad JSON
@@ -366,7 +373,8 @@ class TextPreprocessor:
 
     @classmethod
     def from_files(cls, tokenizer_json: str, params: dict[str, Any]) -> TextPreprocessor:
-        """Rebuild from ``tokenizer.json``'s text and :meth:`to_dict`'s output (extra keys ignored)."""
+        """Rebuild from ``tokenizer.json``'s text and :meth:`to_dict`'s output (extra keys
+        ignored)."""
         if "max_length" not in params:
             raise ConfigError("preprocessing: missing key 'max_length'")
         return cls(tokenizer_json, max_length=int(params["max_length"]))
@@ -398,7 +406,8 @@ def encode_texts(
     alone or in a batch. (The canonical copy of ``aifab.models.tokenizer.encode_batch``.)
 
     >>> from tokenizers import Tokenizer, models, pre_tokenizers
-    >>> tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    >>> vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}
+    >>> tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
     >>> ids, mask = encode_texts(tok, ["a b a b", "zz"], max_length=3)
     >>> ids.tolist(), mask.tolist()
@@ -435,7 +444,7 @@ def encode_texts(
 
 
 def pad_token_id(tok: Tokenizer) -> int:
-    """The id padding uses: ``[PAD]``, else ``<pad>``, else the tokenizer's configured pad id, else 0.
+    """The id padding uses: ``[PAD]``, else ``<pad>``, else the configured pad id, else 0.
 
     >>> from tokenizers import Tokenizer, models
     >>> pad_token_id(Tokenizer(models.WordLevel({"x": 0, "<pad>": 1}, unk_token="x")))
