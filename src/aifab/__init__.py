@@ -30,6 +30,7 @@ __all__ = [
     "Workspace",
     "WorkspaceConfig",
     "__version__",
+    "load_model",
 ]
 
 # Lazy attributes keep `import aifab` fast: torch, pyarrow and SQLAlchemy load on first use.
@@ -57,6 +58,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from aifab.data.formats import ReaderOptions
     from aifab.data.records import Record
     from aifab.pipeline.project import Workspace
+
+
+def load_model(ref: str, *, workspace: str | None = None) -> Any:
+    """Load a registered model from the workspace here (or ``workspace``) for prediction.
+
+    >>> # aifab.load_model("sms@production").predict(["WIN a prize, text CLAIM now"])
+    """
+    from aifab.pipeline.project import Workspace
+
+    ws = Workspace.open(workspace)
+    try:
+        return ws.load_model(ref)
+    finally:
+        ws.close()
 
 
 def __getattr__(name: str) -> Any:

@@ -78,6 +78,22 @@ def _errors(as_json: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug, not the user's mistake: say so, keep the traceback for AIFAB_DEBUG
+        import os
+        import traceback
+
+        from aifab.core.errors import AifabError as _Base
+
+        error = _Base(f"internal error: {type(exc).__name__}: {exc} (set AIFAB_DEBUG=1 for the traceback)")
+        if os.environ.get("AIFAB_DEBUG"):
+            traceback.print_exc()
+        if as_json:
+            sys.stdout.write(json.dumps(error.to_dict(), ensure_ascii=False, indent=2, default=str) + "\n")
+        else:
+            _console(stderr=True).print(f"[bold red]error[/]: {error.message}", soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
 
 
 class _RichProgress:
@@ -223,6 +239,182 @@ def inspect(
         version = ws.dataset(ref)
         report = ws.report(version)
         _emit(as_json, {"dataset": version, "report": report}, lambda: _print_version(version, report))
+
+
+@app.command()
+def train(
+    spec_file: Optional[Path] = typer.Argument(None, help="A task spec (YAML). Without one, every default."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="NAME or NAME@VERSION (no spec file)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="image-classification | text-classification."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name (default: the dataset's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a killed run (its id or a prefix)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a model, evaluate it on the frozen test split, and register a version (alias: candidate)."""
+    with _errors(as_json):
+        from aifab.core.errors import ConfigError
+        from aifab.pipeline import training
+
+        ws = _open(workspace)
+        spec = None
+        if resume is None:
+            if spec_file is not None:
+                spec = training.load_spec(spec_file)
+            elif dataset and task:
+                spec = training.default_spec(dataset=dataset, task=task, name=name)
+            else:
+                raise ConfigError("give a spec file, or both --dataset and --task (or --resume RUN)")
+            if epochs is not None:
+                spec.train.epochs = epochs
+            if name and spec_file is not None:
+                spec.name = name
+        with _RichProgress(enabled=not as_json) as progress:
+            version = ws.train(spec, resume=resume, progress=progress)
+        test = version.metrics.get("test", {})
+        _emit(
+            as_json,
+            {"model": version},
+            lambda: _console().print(
+                f"registered [bold]{version.ref}[/] (alias candidate): "
+                + ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "ece") if test.get(k) is not None)
+            ),
+        )
+
+
+@app.command()
+def evaluate(
+    ref: str = typer.Argument(..., help="MODEL, MODEL@VERSION or MODEL@ALIAS."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="NAME[@VERSION] (default: the model's own)."),
+    split: str = typer.Option("test", "--split"),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the offline HTML report here."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Evaluate a model on a dataset split: accuracy, P/R/F1, per class, confusion matrix, ECE."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        metrics = ws.evaluate(ref, dataset=dataset, split=split)
+        if report is not None:
+            from aifab.evaluate.report import evaluation_report
+
+            report.write_text(evaluation_report(metrics, title=f"{ref} on {metrics['dataset']} {split}"), encoding="utf-8")
+
+        def render() -> None:
+            from rich.table import Table
+
+            head = Table("metric", "value", title=f"{ref} on {metrics['dataset'][:60]} ({split})")
+            for key in ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "ece", "log_loss", "num_examples"):
+                if metrics.get(key) is not None:
+                    head.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+            _console().print(head)
+            per = Table("label", "precision", "recall", "f1", "support", title="per class")
+            for label, m in metrics.get("per_class", {}).items():
+                per.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+            _console().print(per)
+
+        _emit(as_json, {"metrics": metrics}, render)
+
+
+@app.command()
+def models(
+    name: Optional[str] = typer.Argument(None, help="Only this model's versions."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List model versions, newest first, with their aliases and test metrics."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        versions = ws.models(name)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("model", "version", "aliases", "task", "accuracy", "macro_f1", "dataset", "created")
+            for v in versions:
+                test = v.metrics.get("test", {})
+                table.add_row(
+                    v.name,
+                    str(v.version),
+                    ", ".join(v.aliases),
+                    v.task,
+                    f"{test.get('accuracy', float('nan')):.4f}",
+                    f"{test.get('macro_f1', float('nan')):.4f}",
+                    (v.dataset_version or "")[:12],
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+            _console().print(table if versions else "no models yet; train one with: aifab train --dataset NAME --task TASK")
+
+        _emit(as_json, {"models": versions}, render)
+
+
+alias_app = typer.Typer(help="Move aliases (production, candidate, ...) between model versions.", no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
+
+
+@alias_app.command("set")
+def alias_set(
+    ref: str = typer.Argument(..., help="MODEL@VERSION"),
+    alias: str = typer.Argument(..., help="e.g. production"),
+    reason: str = typer.Option("", "--reason"),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Point ALIAS at MODEL@VERSION (the move is kept in the audit trail)."""
+    with _errors(as_json):
+        import getpass
+
+        ws = _open(workspace)
+        move = ws.set_alias(ref, alias, actor=getpass.getuser(), reason=reason)
+        _emit(
+            as_json,
+            {"move": move},
+            lambda: _console().print(f"{move.name}@{move.alias} -> {move.version} (was {move.previous})"),
+        )
+
+
+@app.command()
+def predict(
+    ref: str = typer.Argument(..., help="MODEL, MODEL@VERSION or MODEL@ALIAS."),
+    inputs: list[str] = typer.Argument(..., help="Image files, strings, or one .csv/.jsonl file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With a table input: write predictions here."),
+    column: Optional[str] = typer.Option(None, "--column", help="The table's input column (default: text/image)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict labels and probabilities for inputs."""
+    with _errors(as_json):
+        from aifab.pipeline.predicting import predict_inputs
+
+        ws = _open(workspace)
+        results = predict_inputs(ws, ref, inputs, output=output, column=column)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("input", "label", "score")
+            for r in results[:200]:
+                label = r.get("label") or ", ".join(r.get("labels", []))
+                score = max(r["scores"].values()) if r["scores"] else 0.0
+                table.add_row(str(r["input"])[:80], str(label), f"{score:.4f}")
+            _console().print(table)
+            if output is not None:
+                _console().print(f"wrote {len(results)} predictions to {output}")
+
+        _emit(as_json, {"predictions": results}, render)
+
+
+spec_app = typer.Typer(help="Task specs.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@spec_app.command("schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of task specs (for editors)."""
+    from aifab.core.config import Spec
+
+    sys.stdout.write(json.dumps(Spec.model_json_schema(), indent=2) + "\n")
 
 
 @app.command()

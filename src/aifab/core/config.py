@@ -245,7 +245,7 @@ class AugmentConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    epochs: int = Field(default=10, ge=1)
+    epochs: int | None = Field(default=None, ge=1, description="None = 3 for pretrained encoders, 10 otherwise")
     batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float | None = Field(default=None, gt=0, description="None = the arch's default")

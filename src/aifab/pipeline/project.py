@@ -203,6 +203,47 @@ class Workspace:
     def blob(self, digest: str) -> bytes:
         return self.artifacts.get_bytes(digest)
 
+    # -- models ---------------------------------------------------------------------------
+
+    def train(self, spec: Any, *, resume: str | None = None, progress: Progress | None = None) -> Any:
+        """Train a spec (a :class:`aifab.Spec`, a dict, or a YAML path) and register a model version.
+
+        ``resume`` continues a killed run (by run id) from its last checkpoint.
+        """
+        from aifab.core.config import Spec, parse
+        from aifab.pipeline import training
+
+        if isinstance(spec, (str, Path)):
+            spec = training.load_spec(spec)
+        elif isinstance(spec, dict):
+            spec = parse(Spec, spec, source="spec")
+        return training.train(self, spec, resume=resume, progress=progress)
+
+    def evaluate(self, ref: str, *, dataset: str | None = None, split: str = "test") -> dict[str, Any]:
+        """Metrics of model ``NAME[@VERSION|@ALIAS]`` on a split (default: its own dataset's test split)."""
+        from aifab.pipeline import training
+
+        return training.evaluate(self, ref, dataset=dataset, split=split)
+
+    def model(self, ref: str) -> Any:
+        """The :class:`aifab.core.types.ModelVersion` for ``NAME``, ``NAME@3`` or ``NAME@production``."""
+        name, _, version = ref.partition("@")
+        return self.meta.get_model_version(name, version or None)
+
+    def models(self, name: str | None = None) -> list[Any]:
+        return self.meta.list_model_versions(name)
+
+    def load_model(self, ref: str) -> Any:
+        """Load a model version into memory (no network, no pickle) for :meth:`predict`."""
+        from aifab.registry.versions import load_files
+
+        return load_files(self.model(ref), self.artifacts.get_bytes)
+
+    def set_alias(self, ref: str, alias: str, *, actor: str = "", reason: str = "") -> Any:
+        name, _, version = ref.partition("@")
+        mv = self.meta.get_model_version(name, version or None)
+        return self.meta.set_alias(name, alias, mv.version, actor=actor, reason=reason)
+
     def _latest(self, name: str) -> DatasetVersion | None:
         try:
             return self.meta.get_dataset_version(name, None)

@@ -134,7 +134,9 @@ def train_classifier(
         preprocessing, tokenizer_json, model_params = _prepare(spec, train_inputs, labels, kind)
     model_cfg = ModelConfig.model_validate(model_params["model"])
     lr = cfg.lr if cfg.lr is not None else _default_lr(model_cfg)
-    train_cfg = cfg.model_copy(update={"lr": lr})
+    # A pretrained encoder is fine-tuned for a few epochs; a network from scratch needs more.
+    epochs = cfg.epochs if cfg.epochs is not None else (3 if model_cfg.arch.startswith("pretrained:") else 10)
+    train_cfg = cfg.model_copy(update={"lr": lr, "epochs": epochs})
 
     model = _build(model_params, load_pretrained=saved is None)
     if kind == "image":
@@ -209,7 +211,7 @@ def train_classifier(
         model_params=model_params,
         history=state.history,
         best_epoch=state.best_epoch,
-        effective_spec=_effective_spec(spec, model_params, lr),
+        effective_spec=_effective_spec(spec, model_params, lr, epochs),
         stop_reason=state.stop_reason,
     )
 
@@ -381,10 +383,11 @@ def _default_lr(model_cfg: ModelConfig) -> float:
     return default_lr(model_cfg.arch, pretrained=model_cfg.pretrained)
 
 
-def _effective_spec(spec: Spec, model_params: dict[str, Any], lr: float) -> dict[str, Any]:
+def _effective_spec(spec: Spec, model_params: dict[str, Any], lr: float, epochs: int) -> dict[str, Any]:
     data = spec.model_dump(mode="json")
     data["model"] = dict(model_params["model"])
     data["train"]["lr"] = lr
+    data["train"]["epochs"] = epochs
     return Spec.model_validate(data).model_dump(mode="json")
 
 
