@@ -32,6 +32,25 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = SPECIAL_TOKENS
 
 
+def _deterministic_vocab(tok: Tokenizer, texts: Iterable[str], vocab_size: int) -> dict[str, int]:
+    from collections import Counter
+
+    normalizer, pre = tok.normalizer, tok.pre_tokenizer
+    words: Counter[str] = Counter()
+    for text in texts:
+        if text:
+            words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab: dict[str, int] = {}
+    for piece in [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]:
+        vocab.setdefault(piece, len(vocab))
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    return vocab
+
+
 def train_tokenizer(
     texts: Iterable[str],
     *,
@@ -88,7 +107,19 @@ def train_tokenizer(
         )
     tok.normalizer = normalizers.Sequence(steps)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # runs of \w, or runs of punctuation
-    tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+    if kind == "wordpiece":
+        # The WordPieceTrainer's vocabulary changes from run to run on the same texts (its
+        # hash maps break ties at random: huggingface/tokenizers#1794), which breaks "same
+        # spec, data and seed -> same model". This vocabulary is built deterministically:
+        # every character (as a word start and as a ##continuation), then whole words by
+        # frequency, ties broken alphabetically. Unknown words fall back to characters.
+        tok = Tokenizer(models.WordPiece(_deterministic_vocab(tok, texts, vocab_size), unk_token=UNK))
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.decoder = decoders.WordPiece()
+        tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocab: only marks them special
+    else:
+        tok.train_from_iterator((t for t in texts if t), trainer=trainer)
     cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}",
