@@ -65,6 +65,19 @@ def write_sms(folder: Path) -> Path:
     return out
 
 
+def demo_specs() -> dict[str, dict[str, Any]]:
+    """The demo's specs: a small CNN for the 8x8 digits and a TextCNN for SMS spam.
+
+    The text default (``arch: auto``) fine-tunes the packaged MiniLM encoder, which takes
+    about 6 minutes on 2 CPU cores for SMS; a TextCNN reaches the same test accuracy here
+    (98.6%) in about 40 seconds, which keeps the whole demo within its CPU budget.
+    """
+    return {
+        "digits": {"task": "image-classification", "dataset": "digits", "model": {"arch": "smallcnn"}},
+        "sms": {"task": "text-classification", "dataset": "sms", "model": {"arch": "textcnn"}},
+    }
+
+
 def duplicate_groups_across_splits(ws: Workspace, ref: str) -> int:
     """How many duplicate groups the report lists whose records landed in more than one split (want 0)."""
     version = ws.dataset(ref)
@@ -122,10 +135,25 @@ def run_demo(
                     f"duplicate groups across splits: {crossing}",
                 }
             )
+
+        models: dict[str, Any] = {}
+        for name, spec in demo_specs().items():
+            say(f"training {name} ({spec['model']['arch']}) on CPU ...")
+            version = ws.train(spec, progress=progress)
+            test = version.metrics.get("test", {})
+            models[name] = {"version": version.ref, "test": test, "report": version.files.get("report.html")}
+            stages.append(
+                {
+                    "stage": f"train + evaluate + register: {version.ref}",
+                    "result": f"test accuracy {test.get('accuracy', 0):.4f}, macro F1 {test.get('macro_f1', 0):.4f}, "
+                    f"ECE {test.get('ece', 0):.4f} (alias candidate)",
+                }
+            )
+        results["models"] = models
     finally:
         ws.close()
     return {
-        "headline": "data ingested, checked and split without leaks",
+        "headline": "data ingested, checked and split without leaks; models trained, evaluated and registered",
         "workspace": str(root),
         "datasets": results,
         "stages": stages,

@@ -200,6 +200,12 @@ class Workspace:
             return []
         return table_to_records(parquet_to_table(self.artifacts.get_bytes(digest)))
 
+    def label_issues(self, version: DatasetVersion, *, k: int = 5, limit: int | None = None) -> dict[str, Any]:
+        """Suspected label errors in a version (confident learning over out-of-fold probabilities)."""
+        from aifab.pipeline.label_issues import find_dataset_label_issues
+
+        return find_dataset_label_issues(self, version, k=k, limit=limit)
+
     def blob(self, digest: str) -> bytes:
         return self.artifacts.get_bytes(digest)
 
