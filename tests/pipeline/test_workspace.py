@@ -107,3 +107,17 @@ def test_unknown_dataset_names_the_nearest(workspace: Workspace, sms_csv: Path) 
     workspace.ingest(sms_csv, name="sms")
     with pytest.raises(NotFound, match="sms"):
         workspace.dataset("smss")
+
+
+def test_train_and_test_without_val_gets_val_carved_from_train(workspace: Workspace, tmp_path: Path) -> None:
+    path = tmp_path / "tt.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "split"])
+        for i in range(100):
+            w.writerow([f"unique sentence {i} {'x' * (i % 7)} number {i * 13}", "ab"[i % 2], "test" if i < 20 else "train"])
+    version = workspace.ingest(path, name="tt")
+    assert version.split_counts["test"] == 20  # the user's test split is untouched
+    assert version.split_counts["val"] > 0 and version.split_counts["train"] + version.split_counts["val"] == 80
+    by_source = {r.source: r.split for r in workspace.records(version)}
+    assert all(by_source[f"tt.csv:{i + 2}"] == "test" for i in range(20))

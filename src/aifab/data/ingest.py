@@ -414,7 +414,10 @@ def _split(
         frozen=frozen or None,
         ratios=config.split,
     )
-    for r, s in zip(records, result.splits):
+    splits = list(result.splits)
+    if has_given and not frozen and config.split.val > 0 and "val" not in splits and "train" in splits:
+        splits = _carve_val(splits, strata, groups, config)
+    for r, s in zip(records, splits):
         r.split = s
 
     findings: list[Finding] = []
@@ -444,6 +447,32 @@ def _split(
             )
         )
     return findings
+
+
+def _carve_val(splits: list[str], strata: list[str | None], groups: np.ndarray, config: WorkspaceConfig) -> list[str]:
+    """Data that brings train and test but no validation split gets one carved from its train split
+    (stratified, duplicate groups kept whole): training needs it for early stopping, and taking it
+    from test would change the user's benchmark.
+
+    >>> cfg = WorkspaceConfig()
+    >>> out = _carve_val(["train"] * 18 + ["test"] * 2, ["a", "b"] * 10, np.arange(20), cfg)
+    >>> out.count("val"), out.count("test")
+    (2, 2)
+    """
+    from aifab.core.config import SplitConfig
+    from aifab.data.split import assign_splits
+
+    train_idx = [i for i, s in enumerate(splits) if s == "train"]
+    share = config.split.val / (config.split.val + config.split.train)
+    inner = assign_splits(
+        [strata[i] for i in train_idx],
+        [int(groups[i]) for i in train_idx],
+        ratios=SplitConfig(val=share, test=0.0, seed=config.split.seed),
+    )
+    out = list(splits)
+    for i, s in zip(train_idx, inner.splits):
+        out[i] = s
+    return out
 
 
 def _blocking_reasons(report: CheckReport) -> str:
