@@ -74,6 +74,9 @@ class ThresholdsConfig(StrictModel):
     max_image_pixels: int = Field(default=89_478_485, gt=0, description="Pillow's own default bomb limit")
     near_duplicate_text_jaccard: float = Field(default=0.8, gt=0, le=1)
     near_duplicate_image_hamming: int = Field(default=4, ge=0, le=32)
+    near_duplicate_image_pixel_diff: float = Field(
+        default=10.0, ge=0, le=255, description="mean abs difference of 16x16 thumbnails that confirms a hash match"
+    )
     non_printable_fraction: float = Field(default=0.3, gt=0, le=1)
     imbalance_ratio: float = Field(default=10.0, gt=1, description="largest class / smallest class")
     min_records_per_label: int = Field(default=3, ge=1, description="fewer cannot be split train/val/test")

@@ -499,7 +499,13 @@ def near_duplicate_groups(
 # ---------------------------------------------------------------------------------------------
 
 
-def image_near_duplicate_groups(phashes: Sequence[int | None], *, max_hamming: int) -> np.ndarray:
+def image_near_duplicate_groups(
+    phashes: Sequence[int | None],
+    *,
+    max_hamming: int,
+    thumbs: np.ndarray | None = None,
+    max_pixel_diff: float = 10.0,
+) -> np.ndarray:
     """Group 64-bit perceptual hashes within ``max_hamming`` differing bits; None stays alone.
 
     Multi-index hashing: the 64 bits are cut into ``max_hamming + 1`` chunks; two hashes
@@ -508,8 +514,17 @@ def image_near_duplicate_groups(phashes: Sequence[int | None], *, max_hamming: i
     The work grows with the bucket sizes, about N^2 / 2^(64 / (max_hamming + 1)) pairs per
     chunk: cheap for the usual distances (<= 8), quadratic for large ones.
 
+    With ``thumbs`` (N, 256) uint8 (16x16 grayscale thumbnails), every hash match is confirmed
+    pixel by pixel: the mean absolute difference of the mean-centred thumbnails must be at most
+    ``max_pixel_diff`` (of 255). Hashes alone are too coarse for small images — on 28x28 MNIST
+    digits, thousands of different digits fall within 4 bits of each other and chain into
+    giant groups.
+
     >>> image_near_duplicate_groups([0b1111, 0b0111, None, 2**64 - 1], max_hamming=2).tolist()
     [0, 0, 2, 3]
+    >>> thumbs = np.array([[0] * 128 + [255] * 128, [255] * 128 + [0] * 128, [0] * 256, [0] * 256], dtype=np.uint8)
+    >>> image_near_duplicate_groups([0b1111, 0b0111, None, 2**64 - 1], max_hamming=2, thumbs=thumbs).tolist()
+    [0, 1, 2, 3]
     """
     if not 0 <= max_hamming < 64:
         raise ValueError(f"max_hamming must be in [0, 63]; got {max_hamming}")
@@ -541,7 +556,23 @@ def image_near_duplicate_groups(phashes: Sequence[int | None], *, max_hamming: i
             i, j = order[left], order[right]
             close = np.bitwise_count(values[i] ^ values[j]) <= max_hamming
             found.append(np.stack([rep[i[close]], rep[j[close]]], axis=1))
-    return _components(_unique_pairs(np.concatenate(found), n), n)
+    pairs = _unique_pairs(np.concatenate(found), n)
+    if thumbs is not None and len(pairs):
+        pairs = pairs[_thumbs_close(np.asarray(thumbs), pairs, max_pixel_diff)]
+    return _components(pairs, n)
+
+
+def _thumbs_close(thumbs: np.ndarray, pairs: np.ndarray, max_diff: float) -> np.ndarray:
+    """Whether each pair's mean-centred thumbnails differ by at most ``max_diff`` on average."""
+    keep = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), 100_000):
+        chunk = pairs[start : start + 100_000]
+        a = thumbs[chunk[:, 0]].astype(np.float32)
+        b = thumbs[chunk[:, 1]].astype(np.float32)
+        a -= a.mean(axis=1, keepdims=True)  # a brightness shift is still the same picture
+        b -= b.mean(axis=1, keepdims=True)
+        keep[start : start + len(chunk)] = np.abs(a - b).mean(axis=1) <= max_diff
+    return keep
 
 
 def _batches(

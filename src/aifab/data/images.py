@@ -63,6 +63,8 @@ class ImageCheck:
     mode: str | None = None
     format: str | None = None
     phash: int | None = None
+    thumb: bytes | None = None
+    """16x16 grayscale pixels (256 bytes): confirms perceptual-hash matches pixel by pixel."""
     problems: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -146,6 +148,7 @@ def inspect_image(path: Path, *, max_pixels: int, max_bytes: int = MAX_FILE_BYTE
             mode=mode,
             format=fmt,
             phash=_phash(image),
+            thumb=_thumb(image),
             problems=tuple(problems),
         )
 
@@ -271,6 +274,12 @@ def _encode_png(image: PILImage.Image, *, icc: bytes | None) -> bytes:
 def _icc_space(icc: bytes) -> bytes:
     """The colour space signature of an ICC profile (bytes 16..20 of its header)."""
     return bytes(icc[16:20])
+
+
+def _thumb(image: PILImage.Image) -> bytes:
+    from PIL import Image
+
+    return image.convert("L").resize((16, 16), Image.Resampling.BILINEAR).tobytes()
 
 
 def _phash(image: PILImage.Image) -> int:

@@ -85,7 +85,7 @@ def build_version(
     (20, ['test', 'train', 'val'])
     """
     progress = progress or NullProgress()
-    records, problems, phashes, content_keys, given = _read_and_check(
+    records, problems, phashes, thumbs, content_keys, given = _read_and_check(
         raw, put_blob=put_blob, config=config, total=total, progress=progress
     )
     from aifab.data import checks
@@ -101,6 +101,7 @@ def build_version(
             [records[i] for i in keep],
             [content_keys[i] for i in keep],
             [phashes[i] for i in keep],
+            [thumbs[i] for i in keep],
             config=config,
             advance=task.advance,
         )
@@ -174,12 +175,15 @@ def _read_and_check(
     config: WorkspaceConfig,
     total: int | None,
     progress: Progress,
-) -> tuple[list[Record], dict[str, list[tuple[str, str]]], list[int | None], list[str], list[str | None]]:
+) -> tuple[
+    list[Record], dict[str, list[tuple[str, str]]], list[int | None], list[bytes | None], list[str], list[str | None]
+]:
     from aifab.data.texts import repair_text, text_problems
 
     records: list[Record] = []
     problems: dict[str, list[tuple[str, str]]] = {}
     phashes: list[int | None] = []
+    thumbs: list[bytes | None] = []
     content_keys: list[str] = []
     given: list[str | None] = []
     occurrence: Counter[bytes] = Counter()
@@ -193,12 +197,12 @@ def _read_and_check(
             if text is not None:
                 found += [p for p in text_problems(text, non_printable_fraction=non_printable) if p not in found]
                 text = repair_text(text)
-            digest = width = height = phash = None
+            digest = width = height = phash = thumb = None
             if image is not None:
                 found += list(image.problems)
                 if image.data is not None:
                     digest = put_blob(image.data)
-                    width, height, phash = image.width, image.height, image.phash
+                    width, height, phash, thumb = image.width, image.height, image.phash, image.thumb
             mask = f.get("mask")
             if isinstance(mask, (bytes, bytearray)):
                 mask = put_blob(bytes(mask))
@@ -232,11 +236,12 @@ def _read_and_check(
             if found:
                 problems[rid] = found
             phashes.append(phash)
+            thumbs.append(thumb)
             content_keys.append(key)
             given.append(rec.split)
             task.advance()
         task.update(total=len(records))  # the reader's count was a hint; the bar ends full
-    return records, problems, phashes, content_keys, given
+    return records, problems, phashes, thumbs, content_keys, given
 
 
 def _with_images(raw: Iterable[RawRecord], *, max_pixels: int) -> Iterator[tuple[RawRecord, Any]]:
@@ -295,6 +300,7 @@ def _dataset_findings(
     records: list[Record],
     content_keys: list[str],
     phashes: list[int | None],
+    thumbs: list[bytes | None],
     *,
     config: WorkspaceConfig,
     advance: Callable[[int], None],
@@ -327,7 +333,13 @@ def _dataset_findings(
     advance(1)
 
     if cfg.near_duplicate_image != "off" and any(p is not None for p in phashes):
-        near_img = dedup.image_near_duplicate_groups(phashes, max_hamming=config.thresholds.near_duplicate_image_hamming)
+        blank = bytes(256)
+        near_img = dedup.image_near_duplicate_groups(
+            phashes,
+            max_hamming=config.thresholds.near_duplicate_image_hamming,
+            thumbs=np.frombuffer(b"".join(t or blank for t in thumbs), dtype=np.uint8).reshape(-1, 256),
+            max_pixel_diff=config.thresholds.near_duplicate_image_pixel_diff,
+        )
         groups.append(near_img)
         findings += checks.duplicate_findings(
             ids, content_keys, labels, kind="near_image", groups=_beyond_exact(near_img, exact), sources=sources
