@@ -100,13 +100,21 @@ def test_group_ids_may_be_any_ints_and_members_keep_input_order() -> None:
     assert [(f.check, f.record_ids) for f in found] == [("near_duplicate_image", ("a", "b", "d"))]
 
 
-def test_conflicting_labels_list_every_label() -> None:
+def test_conflicting_labels_list_every_label_and_flag_the_minority() -> None:
     ids = ["a", "b", "c", "d"]
     labels = [["spam"], ["ham"], ["spam"], []]
     found = duplicate_findings(ids, ["text:win"] * 4, labels, kind="exact", groups=[0, 0, 0, 0])
     conflict = [f for f in found if f.check == "conflicting_labels"]
-    assert len(conflict) == 1 and conflict[0].record_ids == ("a", "b", "c", "d")
-    assert "'ham' (1), 'spam' (2)" in conflict[0].message
+    # 'spam' is the clear majority: only the copy labelled otherwise is suspect.
+    assert len(conflict) == 1 and conflict[0].record_ids == ("b",)
+    assert "'ham' (1), 'spam' (2)" in conflict[0].message and "majority" in conflict[0].message
+
+
+def test_conflicting_labels_without_a_majority_flag_every_labelled_copy() -> None:
+    labels = [["spam"], ["ham"], []]
+    found = duplicate_findings(["a", "b", "c"], ["k"] * 3, labels, kind="exact", groups=[0, 0, 0])
+    conflict = [f for f in found if f.check == "conflicting_labels"]
+    assert conflict[0].record_ids == ("a", "b")
 
 
 def test_same_label_sets_in_any_order_do_not_conflict() -> None:

@@ -75,7 +75,7 @@ class ThresholdsConfig(StrictModel):
     near_duplicate_text_jaccard: float = Field(default=0.8, gt=0, le=1)
     near_duplicate_image_hamming: int = Field(default=4, ge=0, le=32)
     near_duplicate_image_pixel_diff: float = Field(
-        default=10.0, ge=0, le=255, description="mean abs difference of 16x16 thumbnails that confirms a hash match"
+        default=5.0, ge=0, le=255, description="mean abs difference of 16x16 thumbnails that confirms a hash match"
     )
     non_printable_fraction: float = Field(default=0.3, gt=0, le=1)
     imbalance_ratio: float = Field(default=10.0, gt=1, description="largest class / smallest class")
@@ -281,6 +281,14 @@ class GateConfig(StrictModel):
     require_clean_data: bool = False
 
 
+class DriftConfig(StrictModel):
+    """When served inputs have drifted from the training data far enough to raise the alarm."""
+
+    alarm_psi: float = Field(default=0.2, gt=0, description="population stability index of any feature")
+    alarm_p: float = Field(default=0.01, gt=0, lt=1, description="p-value of the embedding two-sample test")
+    window: int = Field(default=500, ge=20, description="most recent served predictions compared")
+
+
 class Spec(StrictModel):
     """One task: which data, which fields in and out, which model, how to train, which gate.
 
@@ -298,6 +306,7 @@ class Spec(StrictModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
 
     @property
     def input_field(self) -> str:

@@ -146,13 +146,23 @@ def duplicate_findings(
         if len(label_sets) > 1:
             per_label = Counter(label for i in members for label in set(labels[i]))
             listed = ", ".join(f"{label!r} ({count})" for label, count in sorted(per_label.items()))
+            ranked = label_sets.most_common()
+            message = f"{what} but different labels: {listed}"
+            suspects = [i for i in members if labels[i]]
+            if ranked[0][1] > ranked[1][1]:
+                # A clear majority: only the copies that disagree with it are suspect. Quarantining
+                # a whole group (a thousand near-identical handwritten 1s with three 7s among
+                # them) would throw away the good copies with the bad.
+                majority = ranked[0][0]
+                suspects = [i for i in suspects if tuple(sorted(set(labels[i]))) != majority]
+                message += f"; the {len(suspects)} not labelled {'|'.join(majority)!r} (the majority) are suspect"
             findings.append(
                 Finding(
                     check="conflicting_labels",
                     severity=severity_of("conflicting_labels"),
-                    message=f"{what} but different labels: {listed}",
-                    record_ids=ids,
-                    sources=srcs,
+                    message=message,
+                    record_ids=tuple(record_ids[i] for i in suspects),
+                    sources=tuple(sources[i] for i in suspects) if sources is not None else (),
                 )
             )
     return findings
