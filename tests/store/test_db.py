@@ -110,7 +110,7 @@ def test_sqlite_migrate_creates_tables_in_a_fresh_file_and_is_idempotent(
         assert {"datasets", "dataset_versions", "alembic_version", "models", "runs"} <= tables
         assert {"model_versions", "aliases", "alias_moves"} <= tables
         with sqlite3.connect(tmp_path / "aifab.db") as raw:
-            assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+            assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     finally:
         store.dispose()
 

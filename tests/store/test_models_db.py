@@ -487,7 +487,7 @@ def test_migrate_upgrades_a_0001_database_in_place(db_url: str) -> None:
         assert store.list_dataset_versions() == [kept]
         with store.engine.connect() as conn:
             revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0003"
+        assert revision == "0004"
         added = store.add_model_version(model("sms", dataset_version=kept.id))
         assert store.get_model_version("sms") == added
     finally:

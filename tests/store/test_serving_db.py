@@ -106,7 +106,7 @@ def test_migrate_upgrades_a_0002_database_in_place(db_url: str) -> None:
         assert {"tokens", "predictions", "feedback"} <= tables
         with store.engine.connect() as conn:
             revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-        assert revision == "0003"
+        assert revision == "0004"
         assert store.list_dataset_versions() == [kept_data]
         assert store.get_model_version("sms") == kept_model
         store.add_predictions([prediction("p1")])

@@ -7,7 +7,8 @@ here, a ``_to_*`` converter, methods on :class:`MetadataStore` that read through
 
 Nouns: datasets and their versions (revision 0001); training runs, models, model versions,
 aliases and the audit trail of alias moves (revision 0002); API tokens, the prediction log and
-feedback on predictions (revision 0003). Model versions are numbered by the
+feedback on predictions (revision 0003); quality-gate results stored with the candidate they
+judged, and linked from the alias move they allowed (revision 0004). Model versions are numbered by the
 store (1, 2, ... per model name); an alias (``production``, ``candidate``) points at one version
 and every move of it is kept in ``alias_moves``. Writes that read-then-write one model's rows
 (allocating a version, moving an alias) first lock that model's row, so they serialize per model
@@ -37,6 +38,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, cast, get_args
@@ -243,6 +245,42 @@ class AliasMoveRow(Base):
     moved_at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
+    # The gate result that allowed the move (promotions); None for moves made without a gate.
+    gate_result_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gate_results.id", name="fk_alias_moves_gate_result")
+    )
+
+
+class GateResultRow(Base):
+    __tablename__ = "gate_results"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["name", "version"],
+            ["model_versions.name", "model_versions.version"],
+            name="fk_gate_results_model_version",
+        ),
+        Index("ix_gate_results_name_version", "name", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    passed: Mapped[bool]
+    result: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class GateRecord:
+    """A stored quality-gate verdict on one model version: ``result`` is the JSON form of
+    :class:`aifab.evaluate.gates.GateResult` (the store keeps it opaque)."""
+
+    id: int
+    name: str
+    version: int
+    passed: bool
+    result: dict[str, Any]
+    created_at: datetime
 
 
 class TokenRow(Base):
@@ -352,6 +390,17 @@ def _to_alias_move(row: AliasMoveRow) -> AliasMove:
         moved_at=_utc(row.moved_at),
         actor=row.actor,
         reason=row.reason,
+    )
+
+
+def _to_gate_record(row: GateResultRow) -> GateRecord:
+    return GateRecord(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        passed=row.passed,
+        result=row.result,
+        created_at=_utc(row.created_at),
     )
 
 
@@ -839,14 +888,24 @@ class MetadataStore:
     # -- aliases --------------------------------------------------------------------------
 
     def set_alias(
-        self, name: str, alias: str, version: int, *, actor: str = "", reason: str = ""
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str = "",
+        reason: str = "",
+        gate_result_id: int | None = None,
     ) -> AliasMove:
         """Point ``alias`` of model ``name`` at ``version`` and record the move (with the
         version it pointed at before) in the same transaction. Every call is recorded, also
         one that leaves the alias where it was (then ``previous == version``).
+        ``gate_result_id`` links the move to the gate result (of that very version) that
+        allowed it; :meth:`audit_trail` returns the two together.
 
         InputError for a malformed alias (1 to 40 lowercase letters, digits, '-' or '_', not
-        only digits, not ``latest``); NotFound for an unknown model or version.
+        only digits, not ``latest``) or a gate result of another version; NotFound for an
+        unknown model, version or gate result.
 
         >>> store = MetadataStore("sqlite://")
         >>> store.migrate()
@@ -872,13 +931,17 @@ class MetadataStore:
             if self._lock_model(session, name) is None:
                 self._require_model(session, name)
             self._require_model_version(session, name, version)
+            if gate_result_id is not None:
+                self._require_gate_result_of(session, gate_result_id, name, version)
             current = session.get(AliasRow, (name, alias))
             previous = None if current is None else current.version
             if current is None:
                 session.add(AliasRow(name=name, alias=alias, version=version))
             else:
                 current.version = version
-            return self._record_move(session, name, alias, version, previous, actor, reason)
+            return self._record_move(
+                session, name, alias, version, previous, actor, reason, gate_result_id
+            )
 
         return self._write(move)
 
@@ -920,6 +983,91 @@ class MetadataStore:
                 select(AliasRow).where(AliasRow.name == name).order_by(AliasRow.alias)
             )
             return {r.alias: r.version for r in rows}
+
+    def audit_trail(
+        self, name: str | None = None, alias: str | None = None
+    ) -> list[tuple[AliasMove, GateRecord | None]]:
+        """Every alias move (of one model, of one alias name), newest first, each with the gate
+        result linked to it (None for moves made without a gate)."""
+        with self._read() as session:
+            query = select(AliasMoveRow, GateResultRow).outerjoin(
+                GateResultRow, AliasMoveRow.gate_result_id == GateResultRow.id
+            )
+            if name is not None:
+                self._require_model(session, name)
+                query = query.where(AliasMoveRow.name == name)
+            if alias is not None:
+                query = query.where(AliasMoveRow.alias == alias)
+            query = query.order_by(AliasMoveRow.id.desc())
+            return [
+                (_to_alias_move(move), None if gate is None else _to_gate_record(gate))
+                for move, gate in session.execute(query)
+            ]
+
+    # -- gate results ---------------------------------------------------------------------
+
+    def add_gate_result(
+        self,
+        name: str,
+        version: int,
+        result: dict[str, Any],
+        *,
+        passed: bool,
+        created_at: datetime | None = None,
+    ) -> int:
+        """Store a quality-gate verdict on model version ``name@version`` and return its id.
+
+        ``result`` is plain JSON (NaN and infinity are refused). NotFound for an unknown model
+        or version.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        >>> _ = store.add_model_version(ModelVersion(name="sms", version=0, files={},
+        ...                                          task="text-classification", created_at=at))
+        >>> gid = store.add_gate_result("sms", 1, {"passed": True, "checks": []}, passed=True)
+        >>> move = store.set_alias("sms", "production", 1, actor="ana", gate_result_id=gid)
+        >>> [(m.version, g.passed) for m, g in store.audit_trail("sms")]
+        [(1, True)]
+        >>> store.dispose()
+        """
+        if not isinstance(passed, bool):
+            raise InputError(f"gate result of {name}@{version}: 'passed' must be true or false")
+        plain = _plain_json(f"gate result of {name}@{version}", result, dict)
+        when = created_at or datetime.now(timezone.utc)
+
+        def add(session: Session) -> int:
+            self._require_model_version(session, name, version)
+            row = GateResultRow(
+                name=name, version=version, passed=passed, result=plain, created_at=when
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+        return self._write(add)
+
+    def get_gate_result(self, gate_result_id: int) -> GateRecord:
+        """One gate result by id; NotFound when there is none."""
+        with self._read() as session:
+            row = session.get(GateResultRow, gate_result_id)
+            if row is None:
+                raise NotFound(
+                    f"gate result {gate_result_id!r} not found",
+                    details={"gate_result": gate_result_id},
+                )
+            return _to_gate_record(row)
+
+    def list_gate_results(self, name: str, version: int | None = None) -> list[GateRecord]:
+        """The gate results of a model (of one version), newest first. NotFound for an unknown
+        model."""
+        with self._read() as session:
+            self._require_model(session, name)
+            query = select(GateResultRow).where(GateResultRow.name == name)
+            if version is not None:
+                query = query.where(GateResultRow.version == version)
+            query = query.order_by(GateResultRow.id.desc())
+            return [_to_gate_record(r) for r in session.scalars(query)]
 
     # -- API tokens -----------------------------------------------------------------------
 
@@ -1267,6 +1415,21 @@ class MetadataStore:
             details={"model": name},
         )
 
+    def _require_gate_result_of(
+        self, session: Session, gate_result_id: int, name: str, version: int
+    ) -> None:
+        row = session.get(GateResultRow, gate_result_id)
+        if row is None:
+            raise NotFound(
+                f"gate result {gate_result_id!r} not found", details={"gate_result": gate_result_id}
+            )
+        if (row.name, row.version) != (name, version):
+            raise InputError(
+                f"gate result {gate_result_id}: judged {row.name}@{row.version}, not "
+                f"{name}@{version}; a move may only cite the gate result of the version it moves to",
+                details={"gate_result": gate_result_id, "model": name, "version": version},
+            )
+
     def _alias_not_found(self, session: Session, name: str, alias: str) -> NotFound:
         existing = self._aliases_by_name(session, name)
         hint = nearest(alias, list(existing))
@@ -1298,6 +1461,7 @@ class MetadataStore:
         previous: int | None,
         actor: str,
         reason: str,
+        gate_result_id: int | None = None,
     ) -> AliasMove:
         row = AliasMoveRow(
             name=name,
@@ -1307,6 +1471,7 @@ class MetadataStore:
             moved_at=datetime.now(timezone.utc),
             actor=actor,
             reason=reason,
+            gate_result_id=gate_result_id,
         )
         session.add(row)
         session.flush()
