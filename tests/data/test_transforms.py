@@ -65,7 +65,8 @@ def test_fit_picks_gray_only_when_every_sampled_image_is_gray() -> None:
     ("sizes", "expected"),
     [
         ([(10, 30), (40, 20), (50, 50)], 40),  # median of longer sides 30, 40, 50
-        ([(21, 21), (21, 21)], 24),  # 21 rounds to the nearest multiple of 8
+        ([(21, 21), (21, 21)], 20),  # 21 rounds to the nearest multiple of 4
+        ([(28, 28)], 28),  # MNIST keeps its size
         ([(4, 3)], 8),  # clamped up to 8
         ([(1000, 800), (600, 900)], 224),  # clamped down to 224
     ],
