@@ -76,3 +76,34 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert out.returncode == 0
     for command in ("init", "ingest", "datasets", "inspect", "demo"):
         assert command in out.stdout
+
+
+def test_label_issues_promote_audit_and_rollback(tmp_path: Path, sms_csv: Path) -> None:
+    run("init", "ws", cwd=tmp_path)
+    ws = tmp_path / "ws"
+    assert run("ingest", str(sms_csv), "--name", "sms", cwd=ws).returncode == 0
+
+    issues = run("inspect", "sms", "--label-issues", "--json", cwd=ws)
+    assert issues.returncode == 0, issues.stderr
+    found = json.loads(issues.stdout)["label_issues"]
+    assert found["checked"] >= 40 and found["labels"] == ["ham", "spam"]
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("task: text-classification\ndataset: sms\nmodel: {arch: textcnn}\ntrain: {epochs: 2}\n")
+    assert run("train", str(spec), "--json", cwd=ws).returncode == 0
+
+    promoted = run("promote", "sms@1", "--json", cwd=ws)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert json.loads(promoted.stdout)["version"] == 1
+
+    audit = json.loads(run("audit", "sms", "--json", cwd=ws).stdout)["audit"]
+    moves = [(e["alias"], e["version"]) for e in audit]
+    assert ("production", 1) in moves and ("candidate", 1) in moves
+    production = next(e for e in audit if e["alias"] == "production")
+    assert production["actor"] and production["gate"]["passed"] is True
+
+    # Nothing earlier to roll back to: a clear conflict, production unchanged.
+    back = run("rollback", "sms", "--json", cwd=ws)
+    assert back.returncode == 5 and json.loads(back.stdout)["error"]["code"] == "conflict"
+    models = json.loads(run("models", "sms", "--json", cwd=ws).stdout)["models"]
+    assert "production" in models[0]["aliases"]

@@ -74,6 +74,8 @@ def _errors(as_json: bool) -> Iterator[None]:
             report = exc.details.get("report") if isinstance(exc.details, dict) else None
             if report:
                 _print_findings(report.get("findings", []), stderr=True)
+            for line in (exc.details.get("reasons") or []) if isinstance(exc.details, dict) else []:
+                _console(stderr=True).print(f"  - {line}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _console(stderr=True).print("interrupted")
@@ -230,15 +232,27 @@ def datasets(
 @app.command()
 def inspect(
     ref: str = typer.Argument(..., help="NAME or NAME@VERSION."),
+    label_issues: bool = typer.Option(False, "--label-issues", help="Also run the label-error check (confident learning)."),
+    limit: int = typer.Option(50, "--limit", help="Suspects to show."),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show a dataset version and its data-gate report."""
+    """Show a dataset version and its data-gate report (and suspected label errors)."""
     with _errors(as_json):
         ws = _open(workspace)
         version = ws.dataset(ref)
         report = ws.report(version)
-        _emit(as_json, {"dataset": version, "report": report}, lambda: _print_version(version, report))
+        issues = ws.label_issues(version, limit=limit) if label_issues else None
+        payload: dict[str, Any] = {"dataset": version, "report": report}
+        if issues is not None:
+            payload["label_issues"] = issues
+
+        def render() -> None:
+            _print_version(version, report)
+            if issues is not None:
+                _print_label_issues(issues)
+
+        _emit(as_json, payload, render)
 
 
 @app.command()
@@ -440,6 +454,333 @@ def version(as_json: bool = JsonOpt) -> None:
     _emit(as_json, {"version": v}, lambda: _console().print(v))
 
 
+# ---- serving: serve, token, feedback (begin) -----------------------------------------------
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    models: Optional[list[str]] = typer.Option(
+        None, "--models", help="A model to serve (repeat for more; default: every model with a production alias)."
+    ),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without API tokens, everyone as admin (loopback hosts only)."
+    ),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Instances per model call (1: no batching)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill, in ms."),
+    queue_size: int = typer.Option(1024, "--queue-size", help="Instances waiting per model before 503."),
+    poll_seconds: float = typer.Option(
+        2.0, "--poll-seconds", help="How often the production alias is checked for a hot swap (0: never)."
+    ),
+    no_log_inputs: bool = typer.Option(
+        False, "--no-log-inputs", help="Log predictions without their inputs (only their sha256)."
+    ),
+    torch_threads: Optional[int] = typer.Option(
+        None, "--torch-threads", min=1, help="Threads per model call (default: half the CPUs, at least 1)."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="critical|error|warning|info|debug"),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Serve the production version of models over HTTP (KServe v1) until Ctrl-C or SIGTERM."""
+    with _errors(False):
+        from aifab.core.errors import check_choice
+        from aifab.pipeline import serving
+
+        level = check_choice("log_level", log_level.lower(), ["critical", "error", "warning", "info", "debug"])
+        # The serve.* loggers say which versions load and swap; the CLI shows them at --log-level.
+        logging.getLogger("aifab").setLevel(level.upper())
+        ws = _open(workspace)
+        try:
+            serving.serve(
+                ws,
+                host=host,
+                port=port,
+                models=models or None,
+                auth=not no_auth,
+                max_batch_size=max_batch_size,
+                max_wait_ms=max_wait_ms,
+                queue_size=queue_size,
+                poll_seconds=poll_seconds,
+                keep_inputs=not no_log_inputs,
+                torch_threads=torch_threads,
+                log_level=level,
+            )
+        finally:
+            ws.close()
+
+
+token_app = typer.Typer(help="API tokens for the HTTP server (admin work).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    role: str = typer.Option(..., "--role", help="client | annotator | operator | admin"),
+    name: str = typer.Option(..., "--name", help="Who or what uses the token (unique among live tokens)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create an API token and print it once; the workspace keeps only its salted hash."""
+    with _errors(as_json):
+        from aifab.pipeline import serving
+
+        ws = _open(workspace)
+        plaintext, token = serving.create_token(ws, name=name, role=role)
+        note = "store it now: it cannot be shown again (the workspace keeps only a salted hash)"
+
+        def render() -> None:
+            # The token alone on stdout, so that TOKEN=$(aifab token create ...) works.
+            sys.stdout.write(plaintext + "\n")
+            _console(stderr=True).print(f"token {token.id} ({token.name!r}, role {token.role}): {note}")
+
+        _emit(as_json, {"token": plaintext, **serving.public_token(token), "note": note}, render)
+
+
+@token_app.command("list")
+def token_list(workspace: Optional[Path] = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+    """List API tokens (never their secrets), newest first, revoked ones included."""
+    with _errors(as_json):
+        from aifab.pipeline import serving
+
+        ws = _open(workspace)
+        tokens = [serving.public_token(t) for t in serving.list_tokens(ws)]
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("id", "name", "role", "created", "revoked")
+            for t in tokens:
+                revoked = t["revoked_at"].strftime("%Y-%m-%d %H:%M") if t["revoked_at"] else ""
+                table.add_row(t["id"], t["name"], t["role"], t["created_at"].strftime("%Y-%m-%d %H:%M"), revoked)
+            _console().print(table if tokens else "no tokens yet; create one with: aifab token create --role ROLE --name NAME")
+
+        _emit(as_json, {"tokens": tokens}, render)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name_or_id: str = typer.Argument(..., help="The token's id, or the name of a live token."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Revoke an API token (a running server may accept it for up to 60 s more)."""
+    with _errors(as_json):
+        from aifab.pipeline import serving
+
+        ws = _open(workspace)
+        token = serving.public_token(serving.revoke_token(ws, name_or_id))
+        _emit(as_json, {"token": token}, lambda: _console().print(f"revoked token {token['id']} ({token['name']!r})"))
+
+
+feedback_app = typer.Typer(help="Corrections and ratings of served predictions.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("add")
+def feedback_add(
+    prediction_id: str = typer.Argument(..., help="The prediction_id the server answered with."),
+    label: Optional[str] = typer.Option(None, "--label", help="The right class (single-label models)."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="The right classes, comma-separated, '' for none (multi-label models)."
+    ),
+    correct: Optional[bool] = typer.Option(None, "--correct/--wrong", help="The prediction was right / wrong."),
+    comment: str = typer.Option("", "--comment"),
+    new_class: bool = typer.Option(False, "--new-class", help="The label is a class the model does not know yet."),
+    model: Optional[str] = typer.Option(None, "--model", help="Check that the prediction is of this model."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Correct one served prediction (--label, --labels or --correct/--wrong)."""
+    with _errors(as_json):
+        import getpass
+
+        from aifab.pipeline import serving
+
+        ws = _open(workspace)
+        chosen = None if labels is None else [x.strip() for x in labels.split(",") if x.strip()]
+        feedback = serving.add_feedback(
+            ws,
+            ref_or_name=model,
+            prediction_id=prediction_id,
+            label=label,
+            labels=chosen,
+            correct=correct,
+            comment=comment,
+            new_class=new_class,
+            actor=getpass.getuser(),
+        )
+        _emit(
+            as_json,
+            {"feedback": feedback},
+            lambda: _console().print(f"feedback {feedback.id} on prediction {prediction_id}: {_said(feedback)}"),
+        )
+
+
+@feedback_app.command("list")
+def feedback_list(
+    model: str = typer.Argument(..., help="Model name."),
+    limit: int = typer.Option(100, "--limit", min=1, max=100000),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Feedback on a model's predictions, newest first."""
+    with _errors(as_json):
+        from aifab.pipeline import serving
+
+        ws = _open(workspace)
+        found = serving.list_feedback(ws, model, limit)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("created", "prediction", "feedback", "new class", "by", "comment")
+            for f in found:
+                table.add_row(
+                    f.created_at.strftime("%Y-%m-%d %H:%M"),
+                    f.prediction_id,
+                    _said(f),
+                    "yes" if f.new_class else "",
+                    f.actor,
+                    f.comment[:60],
+                )
+            _console().print(table if found else f"no feedback on {model} yet")
+
+        _emit(as_json, {"feedback": found}, render)
+
+
+def _said(feedback: Any) -> str:
+    if feedback.label is not None:
+        return f"label {feedback.label}"
+    if feedback.labels is not None:
+        return "labels " + (", ".join(feedback.labels) or "(none)")
+    return "correct" if feedback.correct else "wrong"
+
+
+# ---- serving: serve, token, feedback (end) -------------------------------------------------
+
+
+@app.command()
+def promote(
+    ref: str = typer.Argument(..., help="MODEL@VERSION to promote to production."),
+    force: bool = typer.Option(False, "--force", help="Move even if the gate fails (admin; needs --reason)."),
+    reason: str = typer.Option("", "--reason"),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the quality gate and move `production` only if it passes (every reason shown if not)."""
+    with _errors(as_json):
+        import getpass
+
+        from aifab.pipeline.promotion import promote as run_promote
+
+        ws = _open(workspace)
+        result = run_promote(ws, ref, actor=getpass.getuser(), force=force, reason=reason, role="admin")
+        verdict = "failed, forced past it" if result.get("forced") else "passed"
+        _emit(as_json, result, lambda: _console().print(f"{result['model']}@production -> {result['version']} (was {result['previous']}); gate {verdict}"))
+
+
+@app.command()
+def rollback(
+    name: str = typer.Argument(..., help="MODEL"),
+    reason: str = typer.Option("", "--reason"),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move `production` back to the version it pointed to before."""
+    with _errors(as_json):
+        import getpass
+
+        from aifab.pipeline.promotion import rollback as run_rollback
+
+        ws = _open(workspace)
+        result = run_rollback(ws, name, actor=getpass.getuser(), reason=reason, role="admin")
+        _emit(as_json, result, lambda: _console().print(f"{name}@production -> {result['version']} (was {result['previous']})"))
+
+
+@app.command()
+def audit(
+    name: Optional[str] = typer.Argument(None, help="Only this model."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every alias move: who, what, when, why, and the gate result."""
+    with _errors(as_json):
+        from aifab.pipeline.promotion import audit as run_audit
+
+        ws = _open(workspace)
+        entries = run_audit(ws, name)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("moved at", "model", "alias", "from", "to", "actor", "reason", "gate")
+            for e in entries:
+                gate = e.get("gate")
+                verdict = "-" if not gate else ("passed" if gate.get("passed") else "failed (forced)")
+                table.add_row(
+                    str(e["moved_at"])[:19], str(e["model"]), str(e["alias"]), str(e["previous"]),
+                    str(e["version"]), str(e["actor"]), str(e["reason"])[:60], verdict,
+                )
+            _console().print(table)
+
+        _emit(as_json, {"audit": entries}, render)
+
+
+@app.command()
+def retrain(
+    name: str = typer.Argument(..., help="MODEL whose production version gets retrained on its feedback."),
+    min_corrections: int = typer.Option(1, "--min-corrections"),
+    no_promote: bool = typer.Option(False, "--no-promote", help="Train the candidate but do not promote it."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """New dataset version from feedback -> candidate -> gate -> promote only if it passes."""
+    with _errors(as_json):
+        import getpass
+
+        from aifab.pipeline.retraining import retrain as run_retrain
+
+        ws = _open(workspace)
+        with _RichProgress(enabled=not as_json) as progress:
+            result = run_retrain(
+                ws, name, actor=getpass.getuser(), min_corrections=min_corrections, promote=not no_promote, progress=progress
+            )
+        _emit(as_json, result, lambda: _console().print_json(json.dumps(result, default=str)))
+
+
+@app.command()
+def drift(
+    name: str = typer.Argument(..., help="MODEL (its production version)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Compare recent served inputs with the training data (PSI, embedding two-sample test)."""
+    with _errors(as_json):
+        from aifab.pipeline.retraining import drift as run_drift
+
+        ws = _open(workspace)
+        report = run_drift(ws, name)
+        _emit(as_json, report, lambda: _console().print_json(json.dumps(report, default=str)))
+
+
+@app.command()
+def review(
+    name: str = typer.Argument(..., help="MODEL"),
+    by: str = typer.Option("margin", "--by", help="margin | entropy"),
+    limit: int = typer.Option(20, "--limit"),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Logged predictions without feedback, most uncertain first: the corrections worth most."""
+    with _errors(as_json):
+        from aifab.pipeline.retraining import review_queue
+
+        ws = _open(workspace)
+        queue = review_queue(ws, name, by=by, limit=limit)
+        _emit(as_json, {"review": queue}, lambda: _console().print_json(json.dumps(queue, default=str)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Renderers
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +821,18 @@ def _print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> 
     con.print(table)
     if len(findings) > 200:
         con.print(f"... and {len(findings) - 200} more findings (use --json for all)")
+
+
+def _print_label_issues(issues: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        "source", "split", "label", "suggested", "self-confidence",
+        title=f"label issues: {issues['num_suspects']} suspects among {issues['checked']} records ({issues['method']})",
+    )
+    for s in issues["suspects"]:
+        table.add_row(s["source"], str(s["split"]), s["label"], s["suggested"], f"{s['self_confidence']:.4f}")
+    _console().print(table)
 
 
 def _print_demo(summary: dict[str, Any]) -> None:

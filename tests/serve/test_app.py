@@ -254,6 +254,32 @@ def test_a_verified_token_is_cached(
     assert lookups == [token.id]
 
 
+def test_a_burst_of_requests_with_a_new_token_checks_it_once(
+    server: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aifab.security.tokens import issue_token
+
+    plaintext, token = issue_token("test-burst", "client")
+    store.meta.add_token(token)
+    lookups: list[str] = []
+    original = store.meta.get_token
+
+    def counted(token_id: str) -> Any:
+        lookups.append(token_id)
+        return original(token_id)
+
+    monkeypatch.setattr(store.meta, "get_token", counted)
+
+    async def burst() -> list[int]:
+        headers = {"Authorization": f"Bearer {plaintext}"}
+        async with httpx.AsyncClient(base_url=server, headers=headers) as client:
+            answers = await asyncio.gather(*(client.get("/v1/models") for _ in range(16)))
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(burst()) == [200] * 16
+    assert lookups == [token.id]  # one scrypt check shared, not one per request
+
+
 def test_tokens_never_reach_the_logs(
     server: str, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

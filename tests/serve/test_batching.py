@@ -222,6 +222,31 @@ def test_max_wait_is_respected() -> None:
     assert full_took < 1.0
 
 
+def test_without_wait_when_idle_a_lone_request_runs_at_once_and_company_still_waits() -> None:
+    fn = Recorder()
+
+    async def main() -> tuple[float, float, float]:
+        batcher = Batcher(fn, max_batch_size=8, max_wait_ms=600, wait_when_idle=False)
+        try:
+            t0 = time.monotonic()
+            await batcher.submit([1])  # alone on an idle batcher: no waiting for company
+            alone = time.monotonic() - t0
+            t1 = time.monotonic()
+            await asyncio.gather(batcher.submit([2]), batcher.submit([3]))  # two at once: wait
+            together = time.monotonic() - t1
+            t2 = time.monotonic()
+            await batcher.submit([4])  # after a shared batch, more clients are likely: wait
+            after_shared = time.monotonic() - t2
+            return alone, together, after_shared
+        finally:
+            await batcher.close()
+
+    alone, together, after_shared = run(main())
+    assert alone < 0.4
+    assert together >= 0.55 and after_shared >= 0.55
+    assert fn.batches == [[1], [2, 3], [4]]
+
+
 def test_a_cancelled_request_does_not_break_the_loop_and_is_not_computed() -> None:
     release = threading.Event()
     fn_calls: list[list[Any]] = []

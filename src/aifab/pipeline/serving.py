@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from aifab.core.errors import AifabError, ConfigError, InputError, NotFound
+from aifab.core.errors import ConfigError, InputError, NotFound
 from aifab.core.types import Feedback, Token
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_feedback",
     "create_token",
+    "default_torch_threads",
     "list_feedback",
     "list_tokens",
     "public_token",
@@ -188,6 +189,7 @@ def serve(
     queue_size: int = 1024,
     poll_seconds: float = 2.0,
     keep_inputs: bool = True,
+    torch_threads: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve the ``production`` version of ``models`` (None: every model that has one) over HTTP
@@ -196,7 +198,8 @@ def serve(
     ``auth=False`` is refused (ConfigError) unless ``host`` is a loopback address, and warned
     about. A named model that does not exist or has no ``production`` alias is NotFound
     before anything listens; a port that cannot be bound is a ConfigError; any other startup
-    failure is raised as the error that caused it. The other parameters are those of
+    failure is raised as the error that caused it. ``torch_threads``: the threads one model
+    call may use (None: :func:`default_torch_threads`). The other parameters are those of
     :func:`aifab.serve.app.create_app`.
 
     >>> import tempfile
@@ -214,6 +217,10 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"The 'port' parameter of serve must be 0 to 65535. Got {port!r} instead.")
+    if torch_threads is not None and torch_threads < 1:
+        raise ConfigError(
+            f"The 'torch_threads' parameter of serve must be at least 1. Got {torch_threads!r} instead."
+        )
     if not auth:
         check_no_auth_host(host)
         log.warning(
@@ -232,6 +239,10 @@ def serve(
             PRODUCTION,
             PRODUCTION,
         )
+    import torch
+
+    # Process-wide, so set here, where the process is the server's, not inside the library.
+    torch.set_num_threads(torch_threads or default_torch_threads())
     app = create_app(
         meta=ws.meta,
         artifacts=ws.artifacts,
@@ -256,16 +267,28 @@ def serve(
         if server.started:
             raise
         if startup_errors:
-            cause = startup_errors[0]
-            if isinstance(cause, AifabError):
-                raise cause from None
-            raise ConfigError(
-                f"the server failed to start: {type(cause).__name__}: {cause}"
-            ) from None
+            raise startup_errors[0] from None  # e.g. IntegrityError: weights that do not load
         raise ConfigError(
             f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
             "see the log above"
         ) from None
+
+
+def default_torch_threads(cpus: int | None = None) -> int:
+    """Threads for one model call in a server: half the CPUs, at least one.
+
+    A server gets its parallelism from batching, not from splitting one small call across
+    threads: the event loop (HTTP, JSON, auth) needs a core of its own, and torch's worker
+    threads spin while they wait, so with every core given to torch a call slows down as soon
+    as anything else runs: on a 2-core machine with other work on it, two threads made a
+    TextCNN call on one message several times slower than one thread, and never faster.
+
+    >>> default_torch_threads(2), default_torch_threads(16), default_torch_threads(1)
+    (1, 8, 1)
+    """
+    import os
+
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // 2)
 
 
 def _record_startup_errors(app: Any) -> list[BaseException]:

@@ -27,7 +27,8 @@ expect is a 500 whose body says only that; the traceback goes to the log.
 
 Authentication: ``Authorization: Bearer afb_<id>_<secret>``. A verified token is cached (by
 the sha256 of the plaintext) for 60 s, so a request costs one dictionary lookup, not a
-scrypt; a revocation takes effect within that time. ``auth=False`` serves everyone as admin:
+scrypt, and requests that bring the same unverified token at once share one check; a
+revocation takes effect within that time. ``auth=False`` serves everyone as admin:
 the CLI allows it only on a loopback host (:func:`check_no_auth_host`).
 
 The Swagger UI and ReDoc pages load their JavaScript from a CDN, which a factory network may
@@ -38,6 +39,8 @@ not reach, so they are off; the OpenAPI document is served at ``/openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -125,7 +128,9 @@ def create_app(
     ``models``: names to serve (each needs a ``production`` alias); None serves every model
     that has one. ``limits``: per-request limits (None: the defaults of :class:`ServeLimits`).
     ``auth=False`` lets every request in as admin. ``max_batch_size`` (1: no batching),
-    ``max_wait_ms`` and ``queue_size`` configure each model's micro-batcher;
+    ``max_wait_ms`` (paid only when other requests are there to share the batch: a lone
+    request on an idle server runs at once) and ``queue_size`` configure each model's
+    micro-batcher;
     ``poll_seconds`` how often the ``production`` alias is checked for a hot swap;
     ``keep_inputs=False`` logs predictions without their inputs (hashes only).
 
@@ -199,14 +204,35 @@ def create_app(
             plaintext = _bearer_token(request.headers.get("authorization"))
             token = cache.get(plaintext)
             if token is None:
-                # scrypt takes tens of milliseconds: off the event loop.
-                token = await run_in_threadpool(
-                    authenticate, plaintext, meta.get_token, cache=cache
-                )
+                token = await verify_once(plaintext)
             require(token.role, permission)
             return token
 
         return caller
+
+    verifying: dict[str, asyncio.Future[Token]] = {}
+
+    async def verify_once(plaintext: str) -> Token:
+        """Check a token not in the cache, once however many requests bring it at the same
+        time: a burst of clients on a fresh server would otherwise run one scrypt (tens of
+        milliseconds, 16 MiB) each, all for the same answer."""
+        key = hashlib.sha256(plaintext.encode("utf-8")).hexdigest()  # no plaintext as a key
+        future = verifying.get(key)
+        if future is None:
+            # scrypt takes tens of milliseconds: off the event loop.
+            future = asyncio.ensure_future(
+                run_in_threadpool(authenticate, plaintext, meta.get_token, cache=cache)
+            )
+            verifying[key] = future
+
+            def done(finished: asyncio.Future[Token]) -> None:
+                verifying.pop(key, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: no warning if every waiter left
+
+            future.add_done_callback(done)
+        # Shielded: a client that hangs up must not cancel the check the others wait on.
+        return await asyncio.shield(future)
 
     # -- errors ---------------------------------------------------------------------------
 

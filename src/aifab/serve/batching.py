@@ -7,6 +7,9 @@ One :class:`Batcher` serves one model. Its contract:
 - **batches**: items are collected until ``max_batch_size`` of them are waiting or
   ``max_wait_ms`` have passed since the oldest arrived; a request with more items than
   ``max_batch_size`` is split across batches; ``max_batch_size=1`` turns batching off;
+  with ``wait_when_idle=False`` a lone item on an idle batcher (the previous batch held
+  one item and nothing else is waiting) runs at once instead of waiting for company that
+  is not coming: one client alone pays no ``max_wait_ms``, many clients still share batches;
 - **the event loop never blocks**: ``fn`` runs on a single worker thread of the batcher's own;
 - **errors stay in their batch**: an exception raised by ``fn`` fails that batch's items
   only; ``fn`` may also return an exception *instance* as one item's output to fail that
@@ -60,7 +63,8 @@ class Batcher:
     """Batch ``fn`` calls over concurrent :meth:`submit` calls. See the module docstring.
 
     ``fn(items) -> outputs`` must return one output per item. ``name`` appears in errors,
-    logs and the worker thread's name.
+    logs and the worker thread's name. ``wait_when_idle=False``: see the module docstring
+    (the server uses it).
 
     >>> import asyncio
     >>> async def one():
@@ -83,6 +87,7 @@ class Batcher:
         max_wait_ms: float = 5.0,
         queue_size: int = 1024,
         name: str = "batcher",
+        wait_when_idle: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1; got {max_batch_size}")
@@ -95,6 +100,8 @@ class Batcher:
         self.max_wait_ms = max_wait_ms
         self.queue_size = queue_size
         self.name = name
+        self.wait_when_idle = wait_when_idle
+        self._last_batch = 0  # items in the previous batch: >1 means clients are sharing
         self._waiting: collections.deque[_Entry] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -207,7 +214,9 @@ class Batcher:
         # Wait for more only until max_wait after the oldest item arrived: items that queued
         # behind a slow batch have waited long enough.
         deadline = self._waiting[0].enqueued + self.max_wait_ms / 1000
-        while len(self._waiting) < self.max_batch_size and not self._closed:
+        alone = len(self._waiting) == 1 and self._last_batch <= 1
+        linger = self.wait_when_idle or not alone
+        while linger and len(self._waiting) < self.max_batch_size and not self._closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -221,6 +230,7 @@ class Batcher:
             entry = self._waiting.popleft()
             if not entry.future.done():  # done here means its caller went away
                 batch.append(entry)
+        self._last_batch = len(batch)
         return batch
 
     async def _run(self, batch: list[_Entry]) -> None:

@@ -275,6 +275,9 @@ class ModelRegistry:
             max_wait_ms=self.max_wait_ms,
             queue_size=self.queue_size,
             name=version.name,
+            # A lone request on an idle server runs at once: max_wait_ms is paid only when
+            # other clients are about to share the batch.
+            wait_when_idle=False,
         )
         return ServedModel(name=version.name, version=version, loaded=loaded, batcher=batcher)
 
