@@ -201,27 +201,6 @@ def tokenizer():
     ] * 5
     return train_tokenizer(corpus, kind="wordpiece", vocab_size=120)
 
-
-def test_encoding_matches_models_tokenizer_encode_batch(tokenizer) -> None:
-    from aifab.models.tokenizer import encode_batch
-
-    texts = [
-        "the chef grills fish with lemon on the coast tonight",
-        "rain",
-        "",
-        "winds from the north",
-    ]
-    for max_length in (4, 6, 64):
-        ids, mask = encode_texts(tokenizer, texts, max_length=max_length)
-        ref_ids, ref_mask = encode_batch(tokenizer, texts, max_length=max_length)
-        assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
-    ids, mask = encode_texts(tokenizer, texts, max_length=6)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    assert ids.shape == (4, 6) and ids[0, 0] == cls and ids[0, 5] == sep  # truncated, [SEP] kept
-    assert mask.sum(dim=1).tolist() == [6, 3, 2, 6]
-    assert ids[1, 3:].tolist() == [pad_token_id(tokenizer)] * 3
-
-
 def test_one_text_encodes_the_same_alone_or_batched_and_presets_are_ignored(tokenizer) -> None:
     from tokenizers import Tokenizer
 
@@ -251,18 +230,18 @@ def test_text_preprocessor_saves_params_without_the_tokenizer(tokenizer) -> None
         TextPreprocessor.from_files(tokenizer.to_str(), {})
 
 
-def test_pretrained_tokenizer_encodes_like_models_tokenizer() -> None:
+def test_pretrained_tokenizer_truncates_inside_cls_and_sep() -> None:
     from aifab.models.pretrained import packaged_encoder_available
 
     if not packaged_encoder_available():
         pytest.skip("the packaged MiniLM encoder is not installed")
-    from aifab.models.tokenizer import encode_batch, load_pretrained_tokenizer
+    from aifab.models.tokenizer import load_pretrained_tokenizer
 
     tok = load_pretrained_tokenizer("minilm")
     texts = ["Hello world, this is a long sentence to truncate", "Hi"]
     ids, mask = TextPreprocessor(tok.to_str(), max_length=6)(texts)
-    ref_ids, ref_mask = encode_batch(tok, texts, max_length=6)
-    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    assert ids.shape == (2, 6) and mask.sum(dim=1).tolist() == [6, 3]
+    # The file pads every text to 128; here padding goes to the longest text and [SEP] survives.
     assert ids[0, 0].item() == tok.token_to_id("[CLS]") and ids[0, -1].item() == tok.token_to_id(
         "[SEP]"
     )

@@ -18,7 +18,8 @@ from torch import nn
 from aifab.core.config import IMAGE_ARCHS, TEXT_ARCHS, ModelConfig
 from aifab.models.build import build_model
 from aifab.models.heads import penultimate
-from aifab.models.tokenizer import encode_batch, load_pretrained_tokenizer
+from aifab.data.transforms import encode_texts as encode_batch
+from aifab.models.tokenizer import load_pretrained_tokenizer
 
 from ._helpers import text_batch
 

@@ -14,7 +14,8 @@ from aifab.models.text import (
     masked_pool,
     sinusoidal_table,
 )
-from aifab.models.tokenizer import encode_batch, train_tokenizer
+from aifab.data.transforms import encode_texts as encode_batch
+from aifab.models.tokenizer import train_tokenizer
 from aifab.models.vision import SmallCNN
 
 

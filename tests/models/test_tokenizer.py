@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from aifab.core.errors import ConfigError, FormatError
+from aifab.data.transforms import encode_texts as encode_batch
 from aifab.models.tokenizer import (
     SPECIAL_TOKENS,
-    encode_batch,
     load_pretrained_tokenizer,
     load_tokenizer,
     tokenizer_from_json,

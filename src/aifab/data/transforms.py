@@ -403,7 +403,7 @@ def encode_texts(
     ``[SEP]`` survive; padding (right) uses :func:`pad_token_id`.
 
     The tokenizer's own padding/truncation settings are ignored, so one text encodes the same
-    alone or in a batch. (The canonical copy of ``aifab.models.tokenizer.encode_batch``.)
+    alone or in a batch. This is the one encoder: training, evaluation and serving all use it.
 
     >>> from tokenizers import Tokenizer, models, pre_tokenizers
     >>> vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}

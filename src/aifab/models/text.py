@@ -1,7 +1,7 @@
 """Text classifiers: TextCNN, LSTM/GRU, a small Transformer, and a pretrained transformers encoder.
 
 Every network takes ``(input_ids, attention_mask)``, both ``LongTensor (B, T)`` with right
-padding as :func:`aifab.models.tokenizer.encode_batch` makes them, and returns logits
+padding as :func:`aifab.data.transforms.encode_texts` makes them, and returns logits
 ``(B, num_classes)``; ``forward_features`` returns the pooled vector ``(B, feature_dim)``.
 Padding never changes a text's output: a text scores the same alone or in a padded batch,
 which serving's micro-batching relies on.

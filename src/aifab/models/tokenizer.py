@@ -2,17 +2,17 @@
 
 Both kinds are Hugging Face ``tokenizers.Tokenizer`` objects stored as one ``tokenizer.json``
 (:func:`tokenizer_to_json` / :func:`tokenizer_from_json`), so serving tokenizes exactly as
-training did, and :func:`encode_batch` turns either into padded tensors.
+training did; :func:`aifab.data.transforms.encode_texts` turns either into padded tensors.
 
 Trained tokenizers reserve the same special tokens at fixed ids: ``[PAD]`` = 0, ``[UNK]`` = 1,
 ``[CLS]`` = 2, ``[SEP]`` = 3, ``[MASK]`` = 4, and wrap every text as ``[CLS] ... [SEP]``.
 
 >>> tok = train_tokenizer(["the cat sat", "the dog ran"] * 5, kind="wordpiece", vocab_size=100)
->>> ids, mask = encode_batch(tok, ["The cat ran", "dog"], max_length=8)
->>> tok.decode(ids[0].tolist())
+>>> enc = tok.encode("The cat ran")
+>>> enc.tokens
+['[CLS]', 'the', 'cat', 'ran', '[SEP]']
+>>> tok.decode(enc.ids)
 'the cat ran'
->>> mask.tolist()
-[[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
 """
 
 from __future__ import annotations
@@ -129,49 +129,6 @@ def train_tokenizer(
     return tok
 
 
-def encode_batch(
-    tok: Tokenizer, texts: Sequence[str], *, max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both ``LongTensor (B, T)``, T = the longest text capped at
-    ``max_length``; special tokens are kept when a text is truncated; padding uses ``[PAD]``.
-
-    The tokenizer's own padding/truncation settings are ignored (a copy without them is used),
-    so the result depends on ``max_length`` alone and one text encodes the same alone or batched.
-
-    >>> tok = train_tokenizer(["a b c d e f"] * 3, kind="wordpiece", vocab_size=50)
-    >>> ids, mask = encode_batch(tok, ["a b c d e f", "a"], max_length=4)
-    >>> tok.decode(ids[0].tolist(), skip_special_tokens=False)
-    '[CLS] a b [SEP]'
-    >>> ids.shape, mask.sum(dim=1).tolist()
-    (torch.Size([2, 4]), [4, 3])
-    """
-    import torch
-    from tokenizers import Tokenizer
-
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1; got {max_length}")
-    if isinstance(texts, str):
-        raise TypeError("encode_batch takes a sequence of texts, not one string")
-    if tok.padding is not None or tok.truncation is not None:
-        tok = Tokenizer.from_str(tok.to_str())
-        tok.no_padding()
-        tok.no_truncation()
-    room = max(max_length - tok.num_special_tokens_to_add(False), 0)
-    encodings = []
-    for raw in tok.encode_batch(list(texts), add_special_tokens=False):
-        raw.truncate(room)  # truncate the text first, so [CLS]/[SEP] survive
-        encodings.append(tok.post_process(raw, None, True))
-    width = max((len(e.ids) for e in encodings), default=0)
-    width = max(min(width, max_length), 1)
-    ids = torch.full((len(encodings), width), pad_id(tok), dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(encodings), width), dtype=torch.long)  # (B, T)
-    for row, enc in enumerate(encodings):
-        n = min(len(enc.ids), width)
-        ids[row, :n] = torch.tensor(enc.ids[:n], dtype=torch.long)
-        mask[row, :n] = 1
-    return ids, mask
-
-
 def pad_id(tok: Tokenizer) -> int:
     """The id padding uses: ``[PAD]``, else the tokenizer's configured pad id, else 0.
 
@@ -228,7 +185,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def load_pretrained_tokenizer(source: str | Path) -> Tokenizer:
     """The tokenizer of a pretrained encoder: its folder's ``tokenizer.json``, read with
     ``tokenizers`` alone; ``source`` is a folder, a hub id or ``minilm`` (with or without
-    ``pretrained:``). Padding/truncation presets in the file are switched off: :func:`encode_batch`
+    ``pretrained:``). Padding/truncation presets in the file are switched off: :func:`aifab.data.transforms.encode_texts`
     decides them. A folder with only ``vocab.txt`` etc. is converted through transformers.
 
     >>> tok = load_pretrained_tokenizer("pretrained:minilm")
