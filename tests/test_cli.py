@@ -102,6 +102,10 @@ def test_label_issues_promote_audit_and_rollback(tmp_path: Path, sms_csv: Path) 
     production = next(e for e in audit if e["alias"] == "production")
     assert production["actor"] and production["gate"]["passed"] is True
 
+    # production never moves around the gate.
+    bypass = run("alias", "set", "sms@1", "production", "--json", cwd=ws)
+    assert bypass.returncode == 2 and "aifab promote" in json.loads(bypass.stdout)["error"]["message"]
+
     # Nothing earlier to roll back to: a clear conflict, production unchanged.
     back = run("rollback", "sms", "--json", cwd=ws)
     assert back.returncode == 5 and json.loads(back.stdout)["error"]["code"] == "conflict"

@@ -93,7 +93,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (
         ("ingest", str(root / "texts.csv"), "--name", MODEL),
         ("train", str(root / "spec.yaml")),
-        ("alias", "set", f"{MODEL}@1", "production"),
+        ("promote", f"{MODEL}@1"),
     ):
         out = run(*args, "--json", cwd=ws)
         assert out.returncode == 0, out.stdout + out.stderr

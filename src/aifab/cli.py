@@ -379,6 +379,14 @@ def alias_set(
     with _errors(as_json):
         import getpass
 
+        from aifab.core.errors import ConfigError
+
+        if alias == "production":
+            # A model reaches production only through the quality gate (and the audit trail).
+            raise ConfigError(
+                f"'production' moves only through the quality gate: aifab promote {ref} "
+                "(--force --reason '...' to overrule a failed gate, admin only)"
+            )
         ws = _open(workspace)
         move = ws.set_alias(ref, alias, actor=getpass.getuser(), reason=reason)
         _emit(
