@@ -12,7 +12,13 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["confusion_matrix_png", "learning_curves_png", "per_class_f1_png", "reliability_png"]
+__all__ = [
+    "before_after_png",
+    "confusion_matrix_png",
+    "learning_curves_png",
+    "per_class_f1_png",
+    "reliability_png",
+]
 
 # Past this many classes, numbers in the cells are unreadable; the colours still tell the story.
 _MAX_ANNOTATED_CLASSES = 20
@@ -181,5 +187,36 @@ def per_class_f1_png(per_class: Mapping[str, Mapping[str, Any]]) -> bytes:
     ax.set_xlabel("F1")
     for y, score in enumerate(scores):
         ax.text(min(score + 0.01, 0.93), y, f"{score:.3f}", va="center", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def before_after_png(
+    before: Mapping[str, Mapping[str, Any]],
+    after: Mapping[str, Mapping[str, Any]],
+    *,
+    names: tuple[str, str] = ("before", "after"),
+) -> bytes:
+    """Paired horizontal bars of F1 per class for two models on the same records (``per_class``
+    parts of two metrics dicts); classes missing from one side count as 0.
+
+    >>> before_after_png({"ham": {"f1": 0.9}}, {"ham": {"f1": 0.95}})[:4] == b"\\x89PNG"
+    True
+    """
+    import numpy as np
+
+    classes = sorted(set(before) | set(after))
+    first = [float(before.get(c, {}).get("f1", 0.0)) for c in classes]
+    second = [float(after.get(c, {}).get("f1", 0.0)) for c in classes]
+    y = np.arange(len(classes))
+    fig = _new_figure(6.0, min(1.8 + 0.45 * len(classes), 20.0))
+    ax = fig.add_subplot()
+    ax.barh(y - 0.2, first, height=0.4, color="#bbbbbb", label=names[0])
+    ax.barh(y + 0.2, second, height=0.4, color="#4c72b0", label=names[1])
+    ax.set_yticks(y, labels=classes, parse_math=False)
+    ax.invert_yaxis()
+    ax.set_xlim(min([*first, *second, 1.0]) * 0.95 if classes else 0, 1)
+    ax.set_xlabel("F1")
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
