@@ -155,21 +155,33 @@ def _open(workspace: Optional[Path]) -> Any:
 @app.command()
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder for the workspace (created if missing)."),
+    encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt data, models and logged inputs at rest (docs/encryption.md)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="With --encrypt: the master key's file (outside the workspace)."),
+    key_env: Optional[str] = typer.Option(None, "--key-env", help="With --encrypt: the variable holding the master key (default AIFAB_KEY)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a workspace: aifab.yaml and .aifab/ (database and artifact store)."""
     with _errors(as_json):
+        from aifab.core.errors import ConfigError
         from aifab.pipeline.project import Workspace
 
-        ws = Workspace.init(directory)
+        if not encrypt and (key_file is not None or key_env is not None):
+            raise ConfigError("--key-file and --key-env go with --encrypt")
+        ws = Workspace.init(directory, encrypt=encrypt, key_file=key_file, key_env=key_env)
         payload = {"workspace": str(ws.root), "config": str(ws.root / "aifab.yaml")}
+        if ws.config.encryption.enabled:
+            payload["encryption"] = ws.config.encryption.model_dump()
         ws.close()
         _emit(as_json, payload, lambda: _console().print(f"workspace ready at {payload['workspace']}"))
 
 
 @app.command()
 def ingest(
-    source: Path = typer.Argument(..., help="An image folder, a CSV/TSV/JSONL/Parquet table, a COCO JSON or CoNLL file."),
+    source: str = typer.Argument(
+        ...,
+        help="An image folder, a CSV/TSV/JSONL/Parquet table, a COCO JSON or CoNLL file, an archive of one "
+        "(.zip, .tar.gz), or a URL whose scheme ingest.allowed_schemes allows.",
+    ),
     name: str = typer.Option(..., "--name", "-n", help="Dataset name."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="folder|csv|jsonl|parquet|coco|conll (default: by file)."),
     text_column: Optional[str] = typer.Option(None, "--text-column"),
@@ -444,7 +456,8 @@ def demo(
     directory: Optional[Path] = typer.Option(None, "--dir", help="Workspace folder (default: a new temporary one)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Run the main job on real data, offline, on CPU (what `make demo` runs)."""
+    """Run the whole loop on real data, offline, on CPU (what `make demo` runs): ingest, data gate,
+    train, gate, serve, traffic, feedback, retrain, gate again; writes report.html."""
     with _errors(as_json):
         from aifab.pipeline.demo import run_demo
 
@@ -487,7 +500,21 @@ def serve(
     torch_threads: Optional[int] = typer.Option(
         None, "--torch-threads", min=1, help="Threads per model call (default: half the CPUs, at least 1)."
     ),
+    rate_limit: Optional[str] = typer.Option(
+        None, "--rate-limit", help="Requests per API token, e.g. 50/s or 3000/min; off: none (default: aifab.yaml serve.rate_limit)."
+    ),
+    rate_burst: Optional[int] = typer.Option(
+        None, "--rate-burst", min=1, help="Requests a token may send at once (default: the rate's count)."
+    ),
+    cors_origins: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="A browser origin allowed to call the API, e.g. https://shop.example.com (repeat for more)."
+    ),
+    access_log: bool = typer.Option(False, "--access-log", help="Log one line per request (tokens masked)."),
     log_level: str = typer.Option("info", "--log-level", help="critical|error|warning|info|debug"),
+    loop: bool = typer.Option(
+        False, "--loop", help="Also run the retraining loop (aifab loop) on a background thread."
+    ),
+    loop_interval: float = typer.Option(300.0, "--loop-interval", min=1, help="Seconds between loop checks."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Serve the production version of models over HTTP (KServe v1) until Ctrl-C or SIGTERM."""
@@ -513,6 +540,12 @@ def serve(
                 keep_inputs=not no_log_inputs,
                 torch_threads=torch_threads,
                 log_level=level,
+                loop=loop,
+                loop_interval_s=loop_interval,
+                config=serving.serve_config(
+                    ws, rate_limit=rate_limit, rate_burst=rate_burst, cors_origins=cors_origins or None
+                ),
+                access_log=access_log,
             )
         finally:
             ws.close()
@@ -709,6 +742,7 @@ def rollback(
 @app.command()
 def audit(
     name: Optional[str] = typer.Argument(None, help="Only this model."),
+    refused: bool = typer.Option(False, "--refused", help="Also list the promotions the gate refused."),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -717,7 +751,7 @@ def audit(
         from aifab.pipeline.promotion import audit as run_audit
 
         ws = _open(workspace)
-        entries = run_audit(ws, name)
+        entries = run_audit(ws, name, refused=refused)
 
         def render() -> None:
             from rich.table import Table
@@ -726,6 +760,8 @@ def audit(
             for e in entries:
                 gate = e.get("gate")
                 verdict = "-" if not gate else ("passed" if gate.get("passed") else "failed (forced)")
+                if e.get("event") == "refused":
+                    verdict = "refused"
                 table.add_row(
                     str(e["moved_at"])[:19], str(e["model"]), str(e["alias"]), str(e["previous"]),
                     str(e["version"]), str(e["actor"]), str(e["reason"])[:60], verdict,
@@ -777,16 +813,335 @@ def review(
     name: str = typer.Argument(..., help="MODEL"),
     by: str = typer.Option("margin", "--by", help="margin | entropy"),
     limit: int = typer.Option(20, "--limit"),
+    label: bool = typer.Option(False, "--label", help="Label the queue here, one prediction at a time."),
     workspace: Optional[Path] = WorkspaceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Logged predictions without feedback, most uncertain first: the corrections worth most."""
+    """Logged predictions without feedback, most uncertain first: the corrections worth most.
+
+    With --label, each is shown with the model's answer; type the right label, press Enter to
+    confirm the answer, `s` to skip or `q` to stop. Each answer is stored as feedback at once."""
     with _errors(as_json):
+        from aifab.core.errors import ConfigError
         from aifab.pipeline.retraining import review_queue
 
         ws = _open(workspace)
         queue = review_queue(ws, name, by=by, limit=limit)
-        _emit(as_json, {"review": queue}, lambda: _console().print_json(json.dumps(queue, default=str)))
+        if label:
+            if as_json:
+                raise ConfigError("--label is interactive; it does not combine with --json")
+            _label_queue(ws, queue)
+            return
+        _emit(as_json, {"review": queue}, lambda: _print_review(queue))
+
+
+def _print_review(queue: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"review queue ({len(queue)}), least certain first")
+    for column in ("prediction", "version", "answer", "uncertainty", "input"):
+        table.add_column(column)
+    for item in queue:
+        shown = item["input_text"] if item["input_text"] is not None else f"(image {str(item['input_blob'])[:12]})"
+        table.add_row(item["prediction_id"], item["model_version"], str(item["label"]),
+                      f"{item['uncertainty']:.3f}", (shown or "")[:80])
+    _console().print(table)
+
+
+def _label_queue(ws: Any, queue: list[dict[str, Any]]) -> None:
+    """Ask for the right label of each queued prediction; store each answer as feedback."""
+    from aifab.core.errors import InputError
+    from aifab.pipeline.serving import add_feedback
+
+    con = _console()
+    done = 0
+    for i, item in enumerate(queue, 1):
+        shown = item["input_text"] if item["input_text"] is not None else f"(image blob {item['input_blob']})"
+        top = sorted(item["scores"].items(), key=lambda kv: -kv[1])[:3]
+        con.print(f"\n[bold]{i}/{len(queue)}[/] {item['prediction_id']} ({item['model_version']})")
+        con.print(f"  input:  {shown}")
+        con.print("  answer: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+        while True:
+            reply = typer.prompt("  right label (Enter = the answer is right, s = skip, q = quit)",
+                                 default="", show_default=False).strip()
+            if reply in ("q", "s"):
+                break
+            try:
+                if reply:
+                    add_feedback(ws, prediction_id=item["prediction_id"], label=reply, actor="aifab review --label")
+                else:
+                    add_feedback(ws, prediction_id=item["prediction_id"], correct=True, actor="aifab review --label")
+            except InputError as exc:  # an unknown label: say which ones the model knows, ask again
+                con.print(f"  [red]{exc.message}[/]")
+                continue
+            done += 1
+            break
+        if reply == "q":
+            break
+    con.print(f"\n{done} feedback stored; `aifab retrain {queue[0]['model_version'].split('@')[0]}` uses the corrections."
+              if queue else "nothing to review")
+
+
+key_app = typer.Typer(help="Master keys of encrypted workspaces (docs/encryption.md).", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("generate")
+def key_generate(
+    out: Path = typer.Option(..., "--out", "-o", help="The key file to create (mode 0600; never overwritten)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a new random master key in a file readable only by you."""
+    with _errors(as_json):
+        from aifab.security.crypto import MasterKey, write_key_file
+
+        key = MasterKey.generate()
+        path = write_key_file(out, key)
+        payload = {"key_file": str(path.resolve()), "key_id": key.key_id}
+        note = "keep a copy somewhere safe: without it the workspace's data cannot be read"
+        _emit(as_json, payload | {"note": note}, lambda: _console().print(f"key {key.key_id} written to {path} ({note})"))
+
+
+@key_app.command("rotate")
+def key_rotate(
+    new_key_file: Optional[Path] = typer.Option(None, "--new-key-file", help="The new master key's file."),
+    new_key_env: Optional[str] = typer.Option(None, "--new-key-env", help="The variable holding the new master key."),
+    old_key_file: Optional[Path] = typer.Option(None, "--old-key-file", help="The current key, when aifab.yaml no longer finds it (or to resume)."),
+    old_key_env: Optional[str] = typer.Option(None, "--old-key-env", help="The variable holding the current key (instead of --old-key-file)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-wrap every data key under a new master key, without re-encrypting the data; resumable."""
+    with _errors(as_json):
+        from aifab.core.errors import AuthError
+        from aifab.pipeline.project import Workspace
+        from aifab.security.crypto import MasterKey
+
+        new = MasterKey.load(key_file=new_key_file, key_env=new_key_env, option="--new-key")
+        old = None
+        if old_key_file is not None or old_key_env is not None:
+            old = MasterKey.load(key_file=old_key_file, key_env=old_key_env, option="--old-key")
+        try:
+            ws = Workspace.open(workspace, key=old)
+        except AuthError:
+            if old is None:
+                raise
+            # aifab.yaml may name the new key already (edited by hand): open with that one.
+            ws = Workspace.open(workspace, key=new)
+        try:
+            with _RichProgress(enabled=sys.stderr.isatty() or not as_json) as progress:
+                result = ws.rotate_key(
+                    new, key_file=new_key_file, key_env=new_key_env, old_keys=[old] if old else [], progress=progress
+                )
+        finally:
+            ws.close()
+        _emit(
+            as_json,
+            result,
+            lambda: _console().print(
+                f"key {result['previous_key_id']} -> {result['key_id']}: re-wrapped {result['blobs_rewrapped']} blobs "
+                f"and {result['predictions_rewrapped']} logged inputs; aifab.yaml now names the new key"
+            ),
+        )
+
+
+@app.command("loop")
+def loop_command(
+    names: Optional[list[str]] = typer.Argument(
+        None, help="MODEL(s) to watch (default: every model with a production version)."
+    ),
+    once: bool = typer.Option(False, "--once", help="Check once, print what was decided, exit (cron)."),
+    interval: float = typer.Option(300.0, "--interval", min=1, help="Seconds between checks."),
+    min_corrections: Optional[int] = typer.Option(
+        None, "--min-corrections", min=1, help="New corrections that trigger a retrain (default: spec loop.min_corrections, 50)."
+    ),
+    cooldown: Optional[float] = typer.Option(
+        None, "--cooldown", min=0, help="Seconds after a retrain attempt before the next (default: spec loop.cooldown_s, 3600)."
+    ),
+    on_drift: Optional[bool] = typer.Option(
+        None, "--on-drift/--no-drift", help="Whether the drift alarm triggers a retrain (default: spec loop.on_drift, yes)."
+    ),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Retrain by itself: when enough new corrections arrived or the drift alarm fired (and no
+    cooldown holds), retrain, gate, and promote only on a pass. Without --once it runs until
+    Ctrl-C, one line per check (one JSON document per line with --json)."""
+    with _errors(as_json):
+        from aifab.pipeline.loop import run_loop
+
+        ws = _open(workspace)
+        options = {"min_corrections": min_corrections, "cooldown_s": cooldown, "on_drift": on_drift}
+
+        def say(result: dict[str, Any]) -> None:
+            if as_json:
+                sys.stdout.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
+                sys.stdout.flush()
+            else:
+                _console().print(f"{result['model']}: {result['message']}", soft_wrap=True)
+
+        try:
+            if once:
+                results = run_loop(ws, names or None, once=True, **options)
+                _emit(as_json, {"checks": results}, lambda: [say(r) for r in results])
+            else:
+                run_loop(ws, names or None, interval_s=interval, on_check=say, **options)
+        except KeyboardInterrupt:
+            pass  # the way to stop a loop that runs until stopped: not an error
+        finally:
+            ws.close()
+
+
+# ---- optimization: ensemble, distill, tune --------------------------------------------------
+
+
+@app.command()
+def ensemble(
+    refs: list[str] = typer.Argument(..., help="Two or more MODEL@VERSION to combine."),
+    method: str = typer.Option("soft", "--method", "-m", help="soft | weighted | hard."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="One per member, comma-separated (weighted, hard). weighted without them: fitted on the val split."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name (default: the first member's)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="NAME@VERSION to fit and test on (default: the first member's)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register model versions as ONE ensemble version; show it beside each member on test (no alias moves)."""
+    with _errors(as_json):
+        from aifab.core.errors import ConfigError
+
+        try:
+            values = [float(w) for w in weights.split(",")] if weights else None
+        except ValueError:
+            raise ConfigError(f"--weights: expected numbers separated by commas, e.g. 0.7,0.3; got {weights!r}") from None
+        ws = _open(workspace)
+        with _RichProgress(enabled=not as_json) as progress:
+            result = ws.ensemble(refs, method=method, weights=values, name=name, dataset=dataset, progress=progress)
+
+        def render() -> None:
+            from rich.table import Table
+
+            data, _, data_id = result["dataset"].partition("@")
+            table = Table("model", "weight", "accuracy", "macro_f1", "ece", title=f"test split of {data}@{data_id[:12]}")
+            rows = [(f"{result['model'].ref} ({method})", "", result["test"]["ensemble"])]
+            rows += [(ref, f"{result['weights'][ref]:.3f}", m) for ref, m in result["test"]["members"].items()]
+            for label, weight, m in rows:
+                table.add_row(label, weight, *(f"{m[k]:.4f}" if m.get(k) is not None else "-" for k in ("accuracy", "macro_f1", "ece")))
+            _console().print(table)
+            _console().print(f"registered [bold]{result['model'].ref}[/] (weights: {result['weights_from']}); "
+                             f"promote it through the gate with: aifab promote {result['model'].ref}")
+
+        _emit(as_json, result, render)
+
+
+@app.command()
+def distill(
+    teacher: str = typer.Argument(..., help="MODEL@VERSION (a model or an ensemble) to learn from."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="The student's network (default: textcnn / smallcnn)."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="The student's whole spec (YAML); default: derived from the teacher's."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Softening temperature (default 4)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft term, 0..1 (default 0.7)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name (default: the teacher's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override train.epochs."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train a small student on a teacher's soft targets and register it (lineage: the teacher; no alias moves)."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        with _RichProgress(enabled=not as_json) as progress:
+            version = ws.distill(teacher, arch=arch, spec=spec_file, temperature=temperature, alpha=alpha, name=name,
+                                 epochs=epochs, progress=progress)
+        test = version.metrics.get("test", {})
+        _emit(
+            as_json,
+            {"model": version, "teacher": teacher},
+            lambda: _console().print(
+                f"registered [bold]{version.ref}[/], a student of {teacher}: "
+                + ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "macro_f1", "ece") if test.get(k) is not None)
+            ),
+        )
+
+
+@app.command()
+def tune(
+    spec_file: Path = typer.Argument(..., help="A task spec (YAML) with a search section."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Finished trials wanted in all (default: search.trials)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: aifab-tune-<model name>)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search hyperparameters with Optuna (resumable: run it again after a kill) and register the best trial."""
+    with _errors(as_json):
+        from aifab.core.errors import DependencyMissing
+
+        try:
+            import optuna
+        except ImportError:
+            raise DependencyMissing("aifab tune needs optuna: pip install 'aifab[optimize]'") from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says what its INFO lines would
+        ws = _open(workspace)
+        with _RichProgress(enabled=not as_json) as progress:
+            result = ws.tune(spec_file, trials=trials, study=study, progress=progress)
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("trial", "state", result["metric"], "params", title=f"study {result['study']} ({result['direction']})")
+            for t in result["trials"]:
+                value = f"{t['value']:.4f}" if t["value"] is not None else "-"
+                table.add_row(str(t["number"]), t["state"], value, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()))
+            _console().print(table)
+            best = result["best"]
+            _console().print(f"best trial {best['number']}: {result['metric']} {best['value']:.4f}; "
+                             f"registered [bold]{result['model'].ref}[/] (promote it with: aifab promote {result['model'].ref})")
+
+        _emit(as_json, result, render)
+
+
+@app.command()
+def optimize(
+    ref: str = typer.Argument(..., help="MODEL@VERSION (or MODEL@ALIAS) to optimize."),
+    export: Optional[str] = typer.Option(None, "--export", help="onnx: export to one model.onnx, served by ONNX Runtime."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 (implies --export onnx)."),
+    prune: Optional[float] = typer.Option(None, "--prune", help="Fraction of weights or channels to remove, e.g. 0.5."),
+    prune_method: str = typer.Option("auto", "--prune-method", help="auto | structured | unstructured."),
+    finetune_epochs: int = typer.Option(2, "--finetune-epochs", help="Fine-tune epochs after pruning."),
+    parity_examples: int = typer.Option(500, "--parity-examples", help="Test inputs the ONNX parity check compares on."),
+    calibration_examples: int = typer.Option(200, "--calibration-examples", help="Train inputs that calibrate static int8."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Prune, export to ONNX and/or quantize to int8 into a new version (parent: REF), with a
+    before/after table: test accuracy, p50 latency at batch 1 and 32, throughput, file size."""
+    with _errors(as_json):
+        ws = _open(workspace)
+        with _RichProgress(enabled=not as_json) as progress:
+            result = ws.optimize(
+                ref, export=export, quantize=quantize, prune=prune, prune_method=prune_method,
+                finetune_epochs=finetune_epochs, parity_examples=parity_examples,
+                calibration_examples=calibration_examples, progress=progress,
+            )
+
+        def render() -> None:
+            from rich.table import Table
+
+            table = Table("model", "runtime", "accuracy", "p50 ms (b1)", "p50 ms (b32)", "inputs/s (b32)", "size",
+                          title=f"{result['parent']} -> {result['model'].ref}")
+            for r in result["table"]:
+                acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+                table.add_row(r["model"], r["runtime"], acc, f"{r['p50_ms_b1']:.3f}", f"{r['p50_ms_b32']:.3f}",
+                              f"{r['throughput']:.0f}", f"{r['size_bytes'] / 1e6:.2f} MB")
+            _console().print(table)
+            parity = result.get("parity")
+            if parity is not None and parity.get("agreement") is not None:
+                verdict = "passed" if parity["passed"] else "[bold red]FAILED[/] (the gate will refuse this version)"
+                _console().print(f"parity ({parity['dtype']}): agreement {parity['agreement']:.2%} on {parity['examples']} "
+                                 f"test inputs, max |dp| {parity['max_abs_diff']:.2e}: {verdict}")
+            _console().print(f"registered [bold]{result['model'].ref}[/] (alias candidate; parent {result['parent']})")
+
+        _emit(as_json, result, render)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,8 +1202,9 @@ def _print_demo(summary: dict[str, Any]) -> None:
     con = _console()
     con.print("[bold]aifab demo[/]: " + summary.get("headline", ""))
     for stage in summary.get("stages", []):
-        con.print(f"  [green]✓[/] {stage['stage']}: {stage['result']}")
-    con.print(f"workspace: {summary.get('workspace')}")
+        con.print(f"  [green]✓[/] {stage['stage']} ({stage.get('seconds', 0):.0f} s): {stage['result']}")
+    con.print(f"workspace: {summary.get('workspace')}  ({summary.get('seconds', 0):.0f} s in all)")
+    con.print(f"report:    {summary.get('report')}  (offline HTML: every stage, with plots)")
 
 
 if __name__ == "__main__":  # pragma: no cover

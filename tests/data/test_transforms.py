@@ -12,7 +12,7 @@ from PIL import Image
 
 from aifab.core.config import AugmentConfig
 from aifab.core.errors import ConfigError, FormatError, InputError
-from aifab.data.transforms import ImagePreprocessor, TextPreprocessor, encode_texts, pad_token_id
+from aifab.data.transforms import ImagePreprocessor, TextPreprocessor, encode_texts
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:

@@ -171,3 +171,25 @@ def test_retrain_hands_the_candidate_to_the_promotion_gate(trained: Workspace) -
     else:
         assert result["gate"]["passed"] is False and result["gate"]["reasons"]
         assert after.version == before.version
+
+
+def test_review_label_stores_what_a_reviewer_types_and_asks_again_on_an_unknown_label(trained: Workspace) -> None:
+    from typer.testing import CliRunner
+
+    from aifab.cli import app
+
+    ws = trained
+    serve(ws, ["garlic and hail rolled in near the coast", "lemon and fog was served near the bridge",
+                     "honey and frost rolled in near the harbor"])
+    queue = [q["prediction_id"] for q in review_queue(ws, NAME, limit=1000)]
+    first, second = queue[0], queue[1]
+    # First item: an unknown label (asked again), then "food"; second: Enter (the answer is right); then quit.
+    result = CliRunner().invoke(app, ["review", NAME, "--label", "--limit", "3", "-w", str(ws.root)],
+                                input="pizza\nfood\n\nq\n")
+    assert result.exit_code == 0, result.output
+    assert "pizza" in result.output and "food" in result.output  # the refusal names the known labels
+    by_prediction = {fb.prediction_id: fb for fb in ws.meta.list_feedback(NAME, limit=1000)}
+    assert by_prediction[first].label == "food" and by_prediction[first].actor == "aifab review --label"
+    assert by_prediction[second].correct is True and by_prediction[second].label is None
+    assert queue[2] not in by_prediction  # quit before the third
+    assert "2 feedback stored" in result.output

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aifab.core.errors import ConfigError, nearest
 
@@ -100,6 +100,120 @@ class SplitConfig(StrictModel):
         return 1.0 - self.val - self.test
 
 
+class IngestConfig(StrictModel):
+    """Where ingest may read from, and how much an archive or a download may unpack.
+
+    ``allowed_schemes``: URL schemes ``aifab ingest`` accepts (``file``: local paths and
+    ``file://`` URLs); add ``https``, ``s3``, ``gs``... to read through fsspec. An archive
+    (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``) is extracted
+    under the workspace within the ``max_archive_*`` limits; the ratio is checked once an
+    archive has unpacked more than 1 MiB (small files compress wildly, harmlessly).
+
+    >>> IngestConfig(allowed_schemes=["file", "HTTPS"]).allowed_schemes
+    ['file', 'https']
+    """
+
+    allowed_schemes: list[str] = Field(default_factory=lambda: ["file"])
+    max_archive_bytes: int = Field(default=8 * 1024**3, gt=0, description="total uncompressed bytes of an archive")
+    max_archive_members: int = Field(default=1_000_000, gt=0, description="files, folders and links in an archive")
+    max_archive_ratio: float = Field(default=100.0, ge=1, description="uncompressed / compressed size")
+    max_download_bytes: int = Field(default=8 * 1024**3, gt=0, description="bytes fetched from a URL")
+    max_download_files: int = Field(default=1_000_000, gt=0, description="files fetched under a folder URL")
+
+    @model_validator(mode="after")
+    def _scheme_names(self) -> IngestConfig:
+        import re
+
+        schemes = [s.strip().lower() for s in self.allowed_schemes]
+        bad = [s for s in schemes if not re.fullmatch(r"[a-z][a-z0-9+.-]*", s)]
+        if bad:
+            raise ValueError(f"not URL scheme names: {bad}; e.g. file, https, s3")
+        if schemes != self.allowed_schemes:
+            # validate_assignment re-runs this validator on the assignment: set the raw dict.
+            self.__dict__["allowed_schemes"] = schemes
+        return self
+
+
+RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> tuple[float, int]:
+    """A rate such as ``50/s`` or ``3000/min``: ``(requests per second, requests per unit)``.
+
+    >>> parse_rate("50/s"), parse_rate("120/min")
+    ((50.0, 50), (2.0, 120))
+    >>> parse_rate("fast")
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.ConfigError: rate 'fast': expected COUNT/UNIT with a whole COUNT > 0 and UNIT one of s, min, h (e.g. 50/s, 3000/min)
+    """
+    count, _, unit = str(text).strip().partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or unit.strip().lower() not in RATE_UNITS:
+        raise ConfigError(
+            f"rate {text!r}: expected COUNT/UNIT with a whole COUNT > 0 and UNIT one of s, min, h "
+            "(e.g. 50/s, 3000/min)"
+        )
+    return int(count) / RATE_UNITS[unit.strip().lower()], int(count)
+
+
+class ServeConfig(StrictModel):
+    """The HTTP server's access policy (``serve:`` in ``aifab.yaml``; ``aifab serve`` options override it).
+
+    ``rate_limit``: requests one API token may send, ``COUNT/UNIT`` (``50/s``, ``3000/min``), as a
+    token bucket that holds ``rate_burst`` requests (default: COUNT) and refills at the rate; none:
+    no limit. ``cors_origins``: browser origins (``https://shop.example.com``) allowed to call the
+    API from their pages; empty: no cross-origin access.
+
+    >>> ServeConfig(rate_limit="10/s", cors_origins=["https://shop.example.com"]).rate_limit
+    '10/s'
+    """
+
+    rate_limit: str | None = Field(default=None, description="per API token, e.g. 50/s or 3000/min; none: off")
+    rate_burst: int | None = Field(default=None, gt=0, description="requests at once (default: the rate's COUNT)")
+    cors_origins: list[str] = Field(default_factory=list, description="scheme://host[:port] of each allowed origin")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_rate(value)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        import re
+
+        bad = [o for o in value if not re.fullmatch(r"https?://[^/\s?#]+", o)]
+        if bad:
+            raise ValueError(f"not origins: {bad}; an origin is scheme://host[:port], e.g. https://shop.example.com")
+        return value
+
+
+class EncryptionConfig(StrictModel):
+    """Encryption at rest (docs/encryption.md): where the master key is and its key id, never the key.
+
+    Exactly one of ``key_file`` (a path outside the workspace) or ``key_env`` (an environment
+    variable) when ``enabled``; ``key_id`` is the key's fingerprint, checked on every open.
+    """
+
+    enabled: bool = False
+    key_file: str | None = None
+    key_env: str | None = None
+    key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> EncryptionConfig:
+        if self.enabled and (self.key_file is None) == (self.key_env is None):
+            raise ValueError("an encrypted workspace needs exactly one of key_file or key_env")
+        if self.enabled and self.key_id is None:
+            raise ValueError("an encrypted workspace needs the key_id of its key")
+        return self
+
+
 class WorkspaceConfig(StrictModel):
     """The contents of ``aifab.yaml``."""
 
@@ -109,6 +223,9 @@ class WorkspaceConfig(StrictModel):
     checks: ChecksConfig = ChecksConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()
     split: SplitConfig = SplitConfig()
+    ingest: IngestConfig = IngestConfig()
+    serve: ServeConfig = ServeConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
 
 
 def parse(model: type[M], data: Any, *, source: str = "config") -> M:
@@ -247,6 +364,15 @@ class AugmentConfig(StrictModel):
     color_jitter: float = Field(default=0.0, ge=0, le=1)
 
 
+class DistillConfig(StrictModel):
+    """Knowledge distillation from a teacher's probabilities (``aifab distill``): the loss is
+    ``alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE(hard labels)``, where ``_T``
+    is a softmax at ``temperature`` (a sigmoid per class for multi-label)."""
+
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the soft (teacher) term")
+
+
 class TrainConfig(StrictModel):
     epochs: int | None = Field(default=None, ge=1, description="None = 3 for pretrained encoders, 10 otherwise")
     batch_size: int = Field(default=32, ge=1)
@@ -268,6 +394,102 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(default=0, ge=0)
     max_minutes: float | None = Field(default=None, gt=0, description="stop after this much wall time")
+    distill: DistillConfig | None = Field(default=None, description="set by aifab distill; needs a teacher")
+
+
+class SearchParam(StrictModel):
+    """One searched parameter: a range ``low``..``high`` (``log`` scale, ``step``) or ``choices``.
+
+    Whole-number ``low``, ``high`` (and ``step``) draw integers; any other number draws floats.
+
+    >>> SearchParam(low=1e-4, high=1e-2, log=True).log, SearchParam(choices=[0.1, 0.3]).choices
+    (True, [0.1, 0.3])
+    """
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = Field(default=None, gt=0)
+    choices: list[str | int | float | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("give either choices or low/high (with log or step), not both")
+            if not self.choices:
+                raise ValueError("choices: empty; give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices (a list)")
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high; got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0; got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna draws either on a log scale or on a grid)")
+        return self
+
+
+def tunable_paths() -> list[str]:
+    """Every ``model.*`` and ``train.*`` setting a ``search.space`` may name (nested sections dotted).
+
+    >>> "train.lr" in tunable_paths(), "train.early_stopping.patience" in tunable_paths()
+    (True, True)
+    """
+    import typing
+
+    def leaves(model: type[BaseModel], prefix: str) -> list[str]:
+        out = []
+        for key, info in model.model_fields.items():
+            inner = [a for a in (info.annotation, *typing.get_args(info.annotation)) if isinstance(a, type)]
+            section = next((a for a in inner if issubclass(a, BaseModel)), None)
+            out += leaves(section, f"{prefix}{key}.") if section else [f"{prefix}{key}"]
+        return out
+
+    return leaves(ModelConfig, "model.") + leaves(TrainConfig, "train.")
+
+
+class SearchConfig(StrictModel):
+    """Hyperparameter search (``aifab tune``): Optuna's TPE sampler over ``space``, a median
+    pruner on ``metric`` after each epoch, ``trials`` finished trials in all.
+
+    ``metric`` (default ``val.`` + the gate's metric) is read at the epoch whose weights a trial
+    keeps; ``val.loss`` and ``val.ece`` are minimised, every other metric maximised.
+
+    >>> s = SearchConfig(space={"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    >>> s.trials, s.space["train.lr"].high
+    (20, 0.01)
+    """
+
+    metric: str | None = Field(default=None, description="a val.* metric; default val.<gate.metric>")
+    trials: int = Field(default=20, ge=1, description="finished trials wanted (aifab tune --trials overrides)")
+    space: dict[str, SearchParam]
+    prune: bool = True
+    startup_trials: int = Field(default=5, ge=0, description="trials run in full before pruning starts")
+    warmup_epochs: int = Field(default=1, ge=0, description="epochs of a trial never pruned")
+
+    @field_validator("space")
+    @classmethod
+    def _known_paths(cls, value: dict[str, SearchParam]) -> dict[str, SearchParam]:
+        if not value:
+            raise ValueError('empty; name at least one setting, e.g. {"train.lr": {low: 1e-4, high: 1e-2, log: true}}')
+        valid = tunable_paths()
+        for path in value:
+            if path not in valid:
+                hint = nearest(path, valid)
+                raise ValueError(
+                    f"unknown parameter {path!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                    + "; a path is model.<key> or train.<key>"
+                )
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("val."):
+            raise ValueError(f"must be a validation metric such as val.macro_f1; got {value!r}")
+        return value
 
 
 class GateConfig(StrictModel):
@@ -289,6 +511,22 @@ class DriftConfig(StrictModel):
     window: int = Field(default=500, ge=20, description="most recent served predictions compared")
 
 
+class LoopConfig(StrictModel):
+    """When ``aifab loop`` (or ``aifab serve --loop``) retrains a model by itself: once
+    ``min_corrections`` new corrections have arrived since the last retrain attempt, or (with
+    ``on_drift``) when the drift alarm fires and at least one new correction is there to learn
+    from and the alarm rests on at least ``min_drift_predictions`` served predictions (a
+    handful of inputs always looks drifted); never within ``cooldown_s`` seconds of the last
+    attempt."""
+
+    min_corrections: int = Field(default=50, ge=1, description="new corrections that trigger a retrain")
+    cooldown_s: float = Field(default=3600.0, ge=0, description="seconds after a retrain attempt with no other")
+    on_drift: bool = Field(default=True, description="the drift alarm triggers a retrain too")
+    min_drift_predictions: int = Field(
+        default=100, ge=1, description="served predictions a drift alarm must rest on to count"
+    )
+
+
 class Spec(StrictModel):
     """One task: which data, which fields in and out, which model, how to train, which gate.
 
@@ -307,6 +545,8 @@ class Spec(StrictModel):
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     drift: DriftConfig = DriftConfig()
+    loop: LoopConfig = LoopConfig()
+    search: SearchConfig | None = None
 
     @property
     def input_field(self) -> str:

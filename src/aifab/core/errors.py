@@ -131,6 +131,23 @@ class Overloaded(AifabError):
     code = "overloaded"
 
 
+class RateLimited(Overloaded):
+    """A token sent more requests than its rate limit allows: HTTP 429 with ``Retry-After``.
+
+    An :class:`Overloaded` (CLI exit 8, "retry later") with its own status, so
+    a client can tell "you are too fast" (429) from "the server is too busy" (503).
+    """
+
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s
+
+
 class IntegrityError(AifabError):
     exit_code = 9
     http_status = 500

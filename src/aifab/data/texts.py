@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import re
 
+from aifab.core.errors import InputError
+
 # C0 controls except \t \n \r, DEL, C1 controls, the replacement character, lone surrogates.
 _NON_PRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -63,6 +65,26 @@ def text_problems(text: str, *, non_printable_fraction: float) -> list[tuple[str
             )
         )
     return problems
+
+
+def check_unicode(text: str, *, where: str) -> str:
+    """``text`` when it can be encoded as UTF-8; InputError naming ``where`` when it holds a lone
+    surrogate (what a byte that is not UTF-8 becomes in a command-line argument, or a ``\\udXXX``
+    escape in JSON). Predictions refuse such input rather than guess; ingest repairs and reports it.
+
+    >>> check_unicode("héllo 👋", where="instances[0]")
+    'héllo 👋'
+    >>> check_unicode("caf\\udce9", where="instances[0]")
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.InputError: instances[0]: not valid UTF-8 text (an unpaired surrogate U+DCE9 at character 3)
+    """
+    bad = _SURROGATE.search(text)
+    if bad is None:
+        return text
+    raise InputError(
+        f"{where}: not valid UTF-8 text (an unpaired surrogate U+{ord(bad.group()):04X} at character {bad.start()})"
+    )
 
 
 def repair_text(text: str) -> str:

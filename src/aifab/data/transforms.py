@@ -395,6 +395,11 @@ class TextPreprocessor:
         return encode_texts(self._tokenizer, texts, max_length=self.max_length)
 
 
+MIN_CHARS_KEPT = 20_000
+CHARS_PER_TOKEN_BOUND = 200
+"""encode_texts reads at most max(MIN_CHARS_KEPT, max_length * CHARS_PER_TOKEN_BOUND) characters."""
+
+
 def encode_texts(
     tok: Tokenizer, texts: Sequence[str], *, max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -429,7 +434,11 @@ def encode_texts(
         tok.no_truncation()
     room = max(max_length - tok.num_special_tokens_to_add(False), 0)
     encodings = []
-    for raw in tok.encode_batch(list(texts), add_special_tokens=False):
+    # Tokenizing a 10 MB text to keep its first few hundred tokens costs most of a minute: cut the
+    # characters first, far past where max_length tokens end for any real text (a token takes at
+    # least one character; only a text of mostly whitespace or huge words would reach the cut).
+    chars = max(MIN_CHARS_KEPT, max_length * CHARS_PER_TOKEN_BOUND)
+    for raw in tok.encode_batch([t[:chars] for t in texts], add_special_tokens=False):
         raw.truncate(room)  # truncate the text first, so [CLS]/[SEP] survive
         encodings.append(tok.post_process(raw, None, True))
     width = max((len(e.ids) for e in encodings), default=0)

@@ -141,7 +141,7 @@ def load_text_encoder(source: str, *, load_weights: bool = True) -> nn.Module:
         raise DependencyMissing.for_extra("transformers", "text") from None
     try:
         if load_weights:
-            encoder = AutoModel.from_pretrained(name, local_files_only=local)
+            encoder = _quietly(lambda: AutoModel.from_pretrained(name, local_files_only=local))
         else:
             config = AutoConfig.from_pretrained(name, local_files_only=local)
             encoder = AutoModel.from_config(config)
@@ -407,3 +407,17 @@ def _unwrap(state: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def _quietly(load: Any) -> Any:
+    """Run ``load`` without transformers' per-tensor "Loading weights" bar: loading a local
+    encoder is not long work, and the bar would interleave with aifab's own progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -18,14 +18,13 @@ Trained tokenizers reserve the same special tokens at fixed ids: ``[PAD]`` = 0, 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from aifab.core.errors import ConfigError, FormatError, check_choice
 
 if TYPE_CHECKING:
-    import torch
     from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

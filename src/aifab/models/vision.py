@@ -14,12 +14,14 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aifab.core.config import IMAGE_ARCHS
-from aifab.core.errors import check_choice
+from aifab.core.errors import ConfigError, check_choice
 from aifab.models.heads import ClassificationHead
 
 logger = logging.getLogger(__name__)
@@ -42,11 +44,14 @@ def build_image_model(
     image_size: int | None = None,
     dropout: float = 0.1,
     pretrained: str | None = None,
+    channels: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """An image classifier for ``arch`` (one of ``IMAGE_ARCHS``), random or with named weights.
 
     ``image_size`` is informational: every network pools adaptively, so any size >= 8 works.
     To rebuild a trained model from its saved state dict, build with ``pretrained=None``.
+    ``channels`` narrows convs to the widths a structured pruning left (see
+    :func:`apply_channel_widths`); it rebuilds a pruned model and excludes ``pretrained``.
 
     >>> import torch
     >>> net = build_image_model("resnet18", num_classes=4, in_channels=1).eval()
@@ -63,6 +68,10 @@ def build_image_model(
         model = TorchvisionClassifier(
             arch, num_classes=num_classes, in_channels=in_channels, dropout=dropout
         )
+    if channels:
+        if pretrained:
+            raise ValueError("channels rebuild a pruned model for its saved weights; pretrained is not for it")
+        apply_channel_widths(model, channels)
     if pretrained:
         from aifab.models.pretrained import load_image_weights
 
@@ -177,3 +186,101 @@ class TorchvisionClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))  # (B, num_classes)
+
+
+# ---------------------------------------------------------------------- structured channel widths
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A conv whose output channels can be removed without touching any other width: the conv,
+    the BatchNorm right after it, and the layers that read its output (convs, or the head's
+    linear layer after global pooling). Residual streams are never in a group: a ResNet block's
+    inner widths shrink, its output (added to the shortcut) keeps its width."""
+
+    conv: str
+    norm: str
+    consumers: tuple[str, ...]
+
+
+def channel_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The prunable groups of ``model``: every conv of :class:`SmallCNN`, the inner convs of
+    each ResNet block; empty for other networks.
+
+    >>> [g.conv for g in channel_groups(SmallCNN(num_classes=2))][:3]
+    ['features.0.0', 'features.0.3', 'features.1.0']
+    """
+    if isinstance(model, SmallCNN):
+        convs = [f"features.{block}.{i}" for block in range(3) for i in (0, 3)]
+        return [
+            ChannelGroup(
+                conv,
+                f"{conv[:-1]}{int(conv[-1]) + 1}",  # the BatchNorm follows its conv
+                (convs[k + 1] if k + 1 < len(convs) else "head.linear",),
+            )
+            for k, conv in enumerate(convs)
+        ]
+    if isinstance(model, TorchvisionClassifier) and model.arch.startswith("resnet"):
+        groups = []
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for j, block in enumerate(getattr(model.net, stage)):
+                p = f"net.{stage}.{j}"
+                groups.append(ChannelGroup(f"{p}.conv1", f"{p}.bn1", (f"{p}.conv2",)))
+                if hasattr(block, "conv3"):  # Bottleneck: conv2 is inner too
+                    groups.append(ChannelGroup(f"{p}.conv2", f"{p}.bn2", (f"{p}.conv3",)))
+        return groups
+    return []
+
+
+def apply_channel_widths(model: nn.Module, widths: Mapping[str, int]) -> nn.Module:
+    """Narrow the convs named in ``widths`` (a :func:`channel_groups` conv -> its output channels)
+    in place, with their BatchNorm and the layers reading them; the new layers have fresh weights,
+    shaped for the state dict of the pruned model.
+
+    >>> net = apply_channel_widths(SmallCNN(num_classes=2), {"features.2.3": 40})
+    >>> net.head.linear.in_features, net(torch.zeros(1, 1, 8, 8)).shape
+    (40, torch.Size([1, 2]))
+    """
+    groups = {g.conv: g for g in channel_groups(model)}
+    unknown = sorted(set(widths) - set(groups))
+    if unknown:
+        raise ConfigError(
+            f"model.json channels: {unknown[:3]} are not prunable convs of {type(model).__name__}; "
+            f"known: {sorted(groups)[:6]}{' ...' if len(groups) > 6 else ''}"
+        )
+    for name, width in widths.items():
+        group = groups[name]
+        if int(width) < 1:
+            raise ConfigError(f"model.json channels: {name} must keep at least 1 channel; got {width}")
+        _set(model, group.conv, _resized_conv(model.get_submodule(group.conv), out_channels=int(width)))
+        norm = model.get_submodule(group.norm)
+        _set(model, group.norm, nn.BatchNorm2d(int(width), eps=norm.eps, momentum=norm.momentum))
+        for consumer in group.consumers:
+            layer = model.get_submodule(consumer)
+            if isinstance(layer, nn.Linear):
+                _set(model, consumer, nn.Linear(int(width), layer.out_features, bias=layer.bias is not None))
+                model.head.in_features = model.feature_dim = int(width)
+            else:
+                _set(model, consumer, _resized_conv(layer, in_channels=int(width)))
+    return model
+
+
+def _resized_conv(
+    conv: nn.Conv2d, *, in_channels: int | None = None, out_channels: int | None = None
+) -> nn.Conv2d:
+    if conv.groups != 1:
+        raise ConfigError(f"a grouped conv ({conv}) cannot be narrowed channel by channel")
+    return nn.Conv2d(
+        in_channels or conv.in_channels,
+        out_channels or conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+    )
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

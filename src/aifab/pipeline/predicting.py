@@ -34,14 +34,44 @@ def predict_inputs(
             values = [str((path.parent / v).resolve()) for v in values]
     else:
         values = list(inputs)
-    answers = loaded.predict(values)
+    try:
+        answers = loaded.predict(values)
+    except InputError as exc:
+        raise _naming_the_input(loaded, values, exc) from None
     results = [{"input": v, **a, "model_version": loaded.version.ref} for v, a in zip(values, answers)]
     if output is not None:
         _write_rows(output, rows or [{"input": v} for v in values], answers)
     return results
 
 
+def _naming_the_input(loaded: Any, values: list[Any], exc: InputError) -> InputError:
+    """The error of the first input that fails on its own, named by the input (a file path or
+    the start of a text) rather than by its row in the batch; ``exc`` if it names the input
+    already or none fails alone. Runs only on the error path."""
+    import re
+
+    if not re.match(r"input row \d+: ", exc.message):
+        return exc
+    for value in values:
+        try:
+            loaded.predict([value])
+        except InputError as own:
+            reason = re.sub(r"^input row \d+: ", "", own.message)
+            shown = value if len(str(value)) <= 80 else f"{str(value)[:77]}..."
+            return InputError(f"{shown}: {reason}", details=own.details)
+    return exc
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 (byte {exc.start}: {exc.reason}); save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not valid CSV ({exc})") from None
+
+
+def _parse_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".csv":
         with open(path, encoding="utf-8", newline="") as f:
             return list(csv.DictReader(f))

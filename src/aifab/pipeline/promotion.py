@@ -12,7 +12,7 @@
   corrupted itself;
 - the p95 latency of one instance (:data:`LATENCY_RUNS` single-input predictions after
   :data:`LATENCY_WARMUP` warm-up ones) on this machine;
-- ONNX parity when the version holds an export;
+- ONNX parity when the version holds an export (its recorded ``parity.json``);
 - the data gate's report of the candidate's dataset version.
 
 The gate policy is the ``gate`` section of the candidate's saved spec.
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aifab.core.config import GateConfig, parse
 from aifab.core.errors import ConfigError, Forbidden, InputError
 from aifab.core.types import DatasetVersion, ModelVersion
-from aifab.evaluate.gates import Comparison
+from aifab.evaluate.gates import Comparison, GateResult
 from aifab.registry import promote as registry
 from aifab.registry.promote import Measurements
 from aifab.security.roles import parse_role, require
@@ -116,11 +117,44 @@ def rollback(
 
 
 def audit(
-    ws: Workspace, name: str | None = None, *, alias: str | None = None
+    ws: Workspace, name: str | None = None, *, alias: str | None = None, refused: bool = False
 ) -> list[dict[str, Any]]:
     """Every alias move (of model ``name``, of one ``alias``), newest first, with who, what,
-    when, why and the gate result that allowed it."""
-    return registry.audit(ws.meta, name, alias)
+    when, why and the gate result that allowed it; ``event`` is ``moved``.
+
+    With ``refused``, the promotions the gate refused are listed too (``event: refused``): the
+    stored gate results that failed and allowed no move. ``version`` is the refused candidate,
+    ``previous`` the production version that stayed, ``moved_at`` when the gate refused,
+    ``actor`` who asked and ``reason`` every failed check.
+
+    >>> # [e["event"] for e in audit(ws, "sms", refused=True)] -> ['refused', 'moved', 'moved']
+    """
+    entries = [{"event": "moved", **e} for e in registry.audit(ws.meta, name, alias)]
+    if not refused or alias not in (None, registry.PRODUCTION):
+        return entries
+    linked = {e["gate"]["id"] for e in entries if e.get("gate")}
+    for model in [name] if name is not None else ws.meta.list_models():
+        gates = ws.meta.list_gate_results(model)
+        entries += [_refusal(g) for g in gates if not g.passed and g.id not in linked]
+    # Stable: moves of one instant keep their store order.
+    return sorted(entries, key=lambda e: datetime.fromisoformat(e["moved_at"]), reverse=True)
+
+
+def _refusal(gate: Any) -> dict[str, Any]:
+    reasons = GateResult.from_dict(gate.result).reasons
+    return {
+        "event": "refused",
+        "model": gate.name,
+        "alias": registry.PRODUCTION,
+        "version": gate.version,
+        "previous": gate.result.get("production"),
+        "moved_at": gate.created_at.isoformat(),
+        "actor": str(gate.result.get("actor", "")),
+        "reason": "refused by the quality gate: " + "; ".join(reasons),
+        "forced": False,
+        "gate": {"id": gate.id, "passed": False, "created_at": gate.created_at.isoformat()}
+        | {k: v for k, v in gate.result.items() if k != "passed"},
+    }
 
 
 def gate_results(ws: Workspace, ref: str) -> list[dict[str, Any]]:
@@ -167,7 +201,7 @@ def measure(
         candidate=metrics,
         comparisons=tuple(comparisons),
         latency_p95_ms=latency_p95_ms(ws, candidate, dataset),
-        parity=_parity(candidate),
+        parity=_parity(ws, candidate),
         data_report=ws.report(dataset),
     )
 
@@ -209,14 +243,18 @@ def _evaluate(
         return None, f"{version.ref}: {exc.message}"
 
 
-def _parity(version: ModelVersion) -> dict[str, Any] | None:
+def _parity(ws: Workspace, version: ModelVersion) -> dict[str, Any] | None:
+    """The ``parity.json`` recorded with the version's export (``aifab optimize`` writes it);
+    None without an export. The gate reads ``export``, ``agreement`` and ``examples``."""
     exports = sorted(f for f in version.files if f.endswith(".onnx"))
     if not exports:
         return None
+    if "parity.json" in version.files:
+        return dict(json.loads(ws.blob(version.files["parity.json"])))
     # Refuse rather than skip: an export that was never compared must not reach production.
     return {
         "export": exports[0],
         "agreement": None,
-        "error": "no ONNX parity measurement is wired in yet (aifab.optimize has no exporter); "
-        "promote with force and a reason, or remove the export",
+        "error": "no parity.json was recorded with this export; re-create the version with "
+        "`aifab optimize PARENT --export onnx`, or promote with force and a reason",
     }

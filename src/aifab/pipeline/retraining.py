@@ -203,7 +203,12 @@ def drift_reference(ws: Workspace, ref: str, *, sample: int = 2000, seed: int = 
             f"The 'sample' parameter of drift_reference must be an integer >= 1. Got {sample!r} instead."
         )
     loaded = ws.load_model(ref)
-    lineage = json.loads(ws.blob(loaded.version.files["lineage.json"]))
+    lineage = json.loads(ws.blob(loaded.version.files["lineage.json"])) if "lineage.json" in loaded.version.files else {}
+    if not lineage.get("dataset_name") or not lineage.get("dataset_version"):
+        raise InputError(
+            f"model version {loaded.version.ref}: its lineage names no dataset version, so there is "
+            "no training data to compare served inputs with"
+        )
     dataset = ws.meta.get_dataset_version(lineage["dataset_name"], lineage["dataset_version"])
     is_text = loaded.kind == "text"
     records = [r for r in ws.records(dataset, split="train") if (r.text if is_text else r.image)]

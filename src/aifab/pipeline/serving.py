@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from aifab.core.config import ServeConfig, parse
 from aifab.core.errors import ConfigError, InputError, NotFound
 from aifab.core.types import Feedback, Token
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from aifab.pipeline.project import Workspace
 
 __all__ = [
+    "WorkspaceOperations",
     "add_feedback",
     "create_token",
     "default_torch_threads",
@@ -37,6 +39,8 @@ __all__ = [
     "public_token",
     "revoke_token",
     "serve",
+    "serve_config",
+    "start_loop",
 ]
 
 log = logging.getLogger("aifab.serve")
@@ -174,6 +178,59 @@ def _preprocessing(ws: Workspace, ref: str) -> dict[str, Any]:
     return loaded
 
 
+# -- operator endpoints -------------------------------------------------------------------
+
+
+class WorkspaceOperations:
+    """What the server's operator endpoints do with a workspace: promote through the gate, roll
+    back, read the audit, measure drift (:class:`aifab.serve.app.Operations`). The server layer
+    cannot evaluate models itself, so ``create_app(operations=...)`` gets this object.
+
+    Drift references (statistics of a version's training data) are computed once per model
+    version and kept here for the server's life.
+
+    >>> import tempfile
+    >>> from aifab.pipeline.project import Workspace
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> WorkspaceOperations(ws).audit()
+    []
+    >>> ws.close()
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._references: dict[str, dict[str, Any]] = {}
+
+    def promote(
+        self, ref: str, *, actor: str, role: str, force: bool = False, reason: str = ""
+    ) -> dict[str, Any]:
+        from aifab.pipeline.promotion import promote
+
+        return promote(self.ws, ref, actor=actor, role=role, force=force, reason=reason)
+
+    def rollback(self, name: str, *, actor: str, role: str, reason: str = "") -> dict[str, Any]:
+        from aifab.pipeline.promotion import rollback
+
+        return rollback(self.ws, name, actor=actor, role=role, reason=reason)
+
+    def audit(
+        self, name: str | None = None, *, alias: str | None = None, refused: bool = False
+    ) -> list[dict[str, Any]]:
+        from aifab.pipeline.promotion import audit
+
+        return audit(self.ws, name, alias=alias, refused=refused)
+
+    def drift(self, name: str, *, window: int | None = None) -> dict[str, Any]:
+        from aifab.pipeline.retraining import drift, drift_reference
+
+        version = self.ws.model(f"{name}@{PRODUCTION}")  # NotFound: unknown model, no production
+        reference = self._references.get(version.ref)
+        if reference is None:
+            # Two requests at once may both compute it; the same result, so no lock.
+            reference = self._references[version.ref] = drift_reference(self.ws, version.ref)
+        return drift(self.ws, name, ref=version.ref, window=window, reference=reference)
+
+
 # -- the server ---------------------------------------------------------------------------
 
 
@@ -191,6 +248,10 @@ def serve(
     keep_inputs: bool = True,
     torch_threads: int | None = None,
     log_level: str = "info",
+    loop: bool = False,
+    loop_interval_s: float = 300.0,
+    config: ServeConfig | None = None,
+    access_log: bool = False,
 ) -> None:
     """Serve the ``production`` version of ``models`` (None: every model that has one) over HTTP
     with uvicorn until SIGINT or SIGTERM (then uvicorn finishes the requests in flight).
@@ -199,8 +260,14 @@ def serve(
     about. A named model that does not exist or has no ``production`` alias is NotFound
     before anything listens; a port that cannot be bound is a ConfigError; any other startup
     failure is raised as the error that caused it. ``torch_threads``: the threads one model
-    call may use (None: :func:`default_torch_threads`). The other parameters are those of
-    :func:`aifab.serve.app.create_app`.
+    call may use (None: :func:`default_torch_threads`). ``loop``: run the retraining loop
+    (:func:`aifab.pipeline.loop.run_loop` over the served models, every ``loop_interval_s``
+    seconds) on a background thread of this process; a promotion it makes is served within
+    ``poll_seconds``. The operator endpoints (promote, rollback, audit, drift) work on ``ws``
+    (:class:`WorkspaceOperations`). ``config``: rate limit and CORS origins (None: the
+    workspace's ``serve:`` section; :func:`serve_config` merges command-line overrides).
+    ``access_log``: one uvicorn log line per request (tokens masked in it, as in every log line
+    of the server). The other parameters are those of :func:`aifab.serve.app.create_app`.
 
     >>> import tempfile
     >>> from aifab.pipeline.project import Workspace
@@ -214,6 +281,7 @@ def serve(
     import uvicorn
 
     from aifab.serve.app import check_no_auth_host, create_app
+    from aifab.serve.security import uvicorn_log_config
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"The 'port' parameter of serve must be 0 to 65535. Got {port!r} instead.")
@@ -253,13 +321,22 @@ def serve(
         queue_size=queue_size,
         poll_seconds=poll_seconds,
         keep_inputs=keep_inputs,
+        operations=WorkspaceOperations(ws),
+        config=config if config is not None else ws.config.serve,
     )
     startup_errors = _record_startup_errors(app)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            log_config=uvicorn_log_config(),  # tokens masked in every uvicorn log line
+            lifespan="on",
         )
     )
+    stop_loop = start_loop(ws, names, interval_s=loop_interval_s) if loop else None
     try:
         server.run()
     except SystemExit:
@@ -272,6 +349,87 @@ def serve(
             f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
             "see the log above"
         ) from None
+    finally:
+        if stop_loop is not None:
+            stop_loop()
+
+
+def start_loop(
+    ws: Workspace, names: Sequence[str] | None = None, *, interval_s: float = 300.0
+) -> Callable[[], None]:
+    """Run :func:`aifab.pipeline.loop.run_loop` on ``names`` (None: every model with a
+    production version) on a daemon thread; return the function that stops it.
+
+    Stopping waits up to 10 s for a check to finish; a retrain still running then is left to
+    die with the process (its run stays ``running`` in the store and counts as an attempt,
+    so a restarted loop keeps the cooldown).
+
+    >>> import tempfile
+    >>> from aifab.pipeline.project import Workspace
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> stop = start_loop(ws, interval_s=60)
+    >>> stop()
+    >>> ws.close()
+    """
+    import threading
+
+    from aifab.pipeline.loop import run_loop
+
+    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or interval_s <= 0:
+        raise ConfigError(
+            "The 'loop_interval_s' parameter of serve must be a number > 0. "
+            f"Got {interval_s!r} instead."
+        )
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_loop,
+        args=(ws, names),
+        kwargs={"interval_s": interval_s, "stop": stop},
+        name="aifab-loop",
+        daemon=True,
+    )
+    thread.start()
+    which = ", ".join(names or ["every model with a production version"])
+    log.info("retraining loop: checking %s every %g s", which, interval_s)
+
+    def stop_loop() -> None:
+        stop.set()
+        thread.join(10)
+
+    return stop_loop
+
+
+def serve_config(
+    ws: Workspace,
+    *,
+    rate_limit: str | None = None,
+    rate_burst: int | None = None,
+    cors_origins: Sequence[str] | None = None,
+) -> ServeConfig:
+    """The workspace's ``serve:`` section with the options given here in place of its own
+    (None: keep the workspace's); ``rate_limit="off"`` turns a configured limit off.
+    ConfigError naming the bad option.
+
+    >>> import tempfile
+    >>> from aifab.pipeline.project import Workspace
+    >>> ws = Workspace.init(tempfile.mkdtemp())
+    >>> serve_config(ws, rate_limit="20/s", cors_origins=["http://localhost:3000"]).rate_limit
+    '20/s'
+    >>> serve_config(ws, rate_limit="20 per second")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    aifab.core.errors.ConfigError: serve options: serve config is invalid:
+      - rate_limit: Value error, rate '20 per second': expected COUNT/UNIT ...
+    >>> ws.close()
+    """
+    merged = ws.config.serve.model_dump()
+    if rate_limit is not None:
+        merged["rate_limit"] = None if rate_limit.strip().lower() == "off" else rate_limit
+    if rate_burst is not None:
+        merged["rate_burst"] = rate_burst
+    if cors_origins is not None:
+        merged["cors_origins"] = list(cors_origins)
+    return parse(ServeConfig, merged, source="serve options")
 
 
 def default_torch_threads(cpus: int | None = None) -> int:

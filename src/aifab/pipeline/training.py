@@ -59,21 +59,7 @@ def train(ws: Workspace, spec: Spec, *, resume: str | None = None, progress: Pro
         run_id = run.id
         ws.meta.update_run(run_id, status="running")
     else:
-        run_id = uuid.uuid4().hex
-        now = datetime.now(timezone.utc)
-        ws.meta.create_run(
-            Run(
-                id=run_id,
-                model_name=name,
-                dataset_version=dataset.id,
-                spec=spec.model_dump(mode="json") | {"dataset": f"{dataset.name}@{dataset.id}"},
-                status="running",
-                created_at=now,
-                updated_at=now,
-                seed=spec.train.seed,
-                code_version=code_version(),
-            )
-        )
+        run_id = new_run(ws, spec, dataset, name)
     checkpoint = ws.root / ".aifab" / "runs" / run_id / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -122,7 +108,7 @@ def evaluate(ws: Workspace, ref: str, *, dataset: str | None = None, split: str 
     unknown = sorted({t for t in targets for t in (t if isinstance(t, list) else [t])} - known)
     if unknown:
         raise InputError(f"{version.name}@{version.short_id} {split}: labels the model does not know: {unknown[:10]}")
-    metrics = evaluate_loaded(loaded.model, loaded.preprocessing, loaded.tokenizer_json, inputs, targets, labels=loaded.labels)
+    metrics = evaluate_loaded(loaded.predictor, loaded.preprocessing, loaded.tokenizer_json, inputs, targets, labels=loaded.labels)
     metrics["dataset"] = f"{version.name}@{version.id}"
     metrics["split"] = split
     return metrics
@@ -176,9 +162,38 @@ def _encode_targets(targets: Sequence[Any], labels: list[str], multi_label: bool
     return np.asarray([index[t] for t in targets], dtype=np.int64)
 
 
+def new_run(ws: Workspace, spec: Spec, dataset: DatasetVersion, name: str) -> str:
+    """Record a new run of ``spec`` on ``dataset`` as running; return its id."""
+    run_id = uuid.uuid4().hex
+    now = datetime.now(timezone.utc)
+    ws.meta.create_run(
+        Run(
+            id=run_id,
+            model_name=name,
+            dataset_version=dataset.id,
+            spec=spec.model_dump(mode="json") | {"dataset": f"{dataset.name}@{dataset.id}"},
+            status="running",
+            created_at=now,
+            updated_at=now,
+            seed=spec.train.seed,
+            code_version=code_version(),
+        )
+    )
+    return run_id
+
+
 def _register(
-    ws: Workspace, *, name: str, spec: Spec, trained: Any, metrics: dict[str, Any], dataset: DatasetVersion, run_id: str
+    ws: Workspace,
+    *,
+    name: str,
+    spec: Spec,
+    trained: Any,
+    metrics: dict[str, Any],
+    dataset: DatasetVersion,
+    run_id: str,
+    extra: dict[str, Any] | None = None,
 ) -> ModelVersion:
+    """Store a trained model's files and register its version; ``extra`` adds to its lineage."""
     from aifab.evaluate.report import evaluation_report
     from aifab.registry.versions import bundle_files, model_card
 
@@ -190,6 +205,7 @@ def _register(
         "code_version": code_version(),
         "seed": spec.train.seed,
         "best_epoch": trained.best_epoch,
+        **(extra or {}),
     }
     card = model_card(
         name=name,
@@ -238,6 +254,19 @@ def _run_recorder(ws: Workspace, run_id: str) -> Any:
             ws.meta.update_run(run_id, history=_clean(list(state.history)))
 
     return RunRecorder()
+
+
+def as_spec(spec: Spec | dict[str, Any] | str | Path, *, source: str = "spec") -> Spec:
+    """A Spec from a Spec, a dict (validated strictly) or a YAML file path.
+
+    >>> as_spec({"task": "text-classification", "dataset": "sms"}).model.arch
+    'auto'
+    """
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, dict):
+        return parse(Spec, spec, source=source)
+    return load_spec(spec)
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -13,6 +13,9 @@ A model version is a set of files, each a content-addressed blob:
 ``lineage.json``            dataset version, run, code version, seed, parent version
 ``model_card.md``           data version, metrics, intended use, limitations
 ``report.html``             the offline evaluation report
+``model.onnx``              optimized versions: the ONNX graph predictions run on (ONNX Runtime)
+``parity.json``             the export's agreement with the PyTorch model (the gate reads it)
+``optimization.json``       optimized versions: the steps and the before/after measurements
 ==========================  =======================================================
 """
 
@@ -76,6 +79,9 @@ class LoadedModel:
     model: Any
     preprocessing: dict[str, Any]
     tokenizer_json: str | None
+    onnx: Any = None
+    """An :class:`aifab.optimize.export.OrtPredictor` when the version holds ``model.onnx``:
+    predictions then run in ONNX Runtime (``model`` stays the PyTorch network, for embeddings)."""
 
     def __post_init__(self) -> None:
         from aifab.train.run import make_encoder
@@ -91,12 +97,17 @@ class LoadedModel:
     def kind(self) -> str:
         return str(self.preprocessing["kind"])
 
+    @property
+    def predictor(self) -> Any:
+        """What predictions run on: the ONNX Runtime session when there is an export, else the network."""
+        return self.onnx if self.onnx is not None else self.model
+
     def predict_proba(self, inputs: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
         """Probabilities (N, C): softmax for single-label, sigmoid for multi-label."""
         from aifab.train.run import predict_proba
 
         return predict_proba(
-            self.model, self.preprocessing, self.tokenizer_json, list(inputs), batch_size=batch_size, encoder=self._encoder
+            self.predictor, self.preprocessing, self.tokenizer_json, list(inputs), batch_size=batch_size, encoder=self._encoder
         )
 
     def predict(self, inputs: Sequence[Any], *, batch_size: int = 64, threshold: float = 0.5) -> list[dict[str, Any]]:
@@ -117,11 +128,19 @@ class LoadedModel:
 
 
 def load_files(version: ModelVersion, read: Any) -> LoadedModel:
-    """Rebuild a model version from its files; ``read(digest) -> bytes`` verifies each blob."""
+    """Rebuild a model version from its files; ``read(digest) -> bytes`` verifies each blob.
+
+    An ensemble version (it holds ``ensemble.json``) loads as an
+    :class:`aifab.optimize.ensemble.EnsembleModel`, which offers this class's interface.
+    """
     from safetensors.torch import load
 
     from aifab.train.run import rebuild_model
 
+    if "ensemble.json" in version.files:
+        from aifab.optimize.ensemble import load_ensemble
+
+        return load_ensemble(version, read, load_member=load_files)  # type: ignore[return-value]
     params = json.loads(read(version.files["model.json"]))
     preprocessing = json.loads(read(version.files["preprocessing.json"]))
     tokenizer_json = read(version.files["tokenizer.json"]).decode("utf-8") if "tokenizer.json" in version.files else None
@@ -142,7 +161,12 @@ def load_files(version: ModelVersion, read: Any) -> LoadedModel:
     if missing or unexpected:
         raise IntegrityError(f"{version.ref}: weights do not fit the network (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.eval()
-    return LoadedModel(version=version, model=model, preprocessing=preprocessing, tokenizer_json=tokenizer_json)
+    onnx = None
+    if "model.onnx" in version.files:
+        from aifab.optimize.export import OrtPredictor
+
+        onnx = OrtPredictor(read(version.files["model.onnx"]))
+    return LoadedModel(version=version, model=model, preprocessing=preprocessing, tokenizer_json=tokenizer_json, onnx=onnx)
 
 
 def model_card(
@@ -207,4 +231,7 @@ def _read_input(value: Any, kind: str) -> Any:
         return path.read_bytes()
     if not isinstance(value, str):
         raise InputError(f"text inputs must be strings; got {type(value).__name__}")
-    return value
+    from aifab.data.texts import check_unicode
+
+    # A lone surrogate would crash the tokenizer with a TypeError; name the input instead.
+    return check_unicode(value, where=f"text {value[:40]!r}")

@@ -18,12 +18,24 @@ endpoint                               permission  answer
 ``POST /v1/models/{name}/feedback``    feedback    201 and the stored feedback
 ``GET  /v1/models/{name}/feedback``    review      feedback, newest first
 ``GET  /v1/models/{name}/review``      review      predictions without feedback, least sure first
+``GET  /v1/models/{name}/versions``    read        every version: aliases, test metrics, gate
+``GET  /v1/models/{name}/drift``       read        ``aifab drift NAME``: served inputs vs training
+``POST /v1/models/{name}/versions/     models      run the quality gate; move ``production`` on a
+{version}:promote``                                pass (``force``: admin) and serve it at once
+``POST /v1/models/{name}:rollback``    models      ``production`` back one move; served at once
+``GET  /v1/audit``                     models      every alias move (``?refused=true``: refusals)
 =====================================  ==========  ===========================================
+
+The last four need ``create_app(operations=...)`` (the promotion gate evaluates models, which
+this layer cannot); without it they are not routes. Gate runs and drift run on a worker
+thread, so predictions keep being answered meanwhile.
 
 Every error has one JSON shape, ``{"error": {"code", "message"}}`` (plus ``details`` when
 known), with the status of its :mod:`aifab.core.errors` class; 401 answers carry
-``WWW-Authenticate: Bearer`` and 503 answers ``Retry-After``. A failure the server did not
-expect is a 500 whose body says only that; the traceback goes to the log.
+``WWW-Authenticate: Bearer``, 503 answers ``Retry-After`` and so do 429 answers (a token over
+its rate limit, :mod:`aifab.serve.ratelimit`). A failure the server did not expect is a 500
+whose body says only that; the traceback goes to the log. Every answer carries the security
+headers of :mod:`aifab.serve.security`; CORS is off unless ``config`` lists origins.
 
 Authentication: ``Authorization: Bearer afb_<id>_<secret>``. A verified token is cached (by
 the sha256 of the plaintext) for 60 s, so a request costs one dictionary lookup, not a
@@ -45,18 +57,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aifab.core.config import ServeConfig
 from aifab.core.errors import (
     AifabError,
     AuthError,
@@ -75,7 +89,10 @@ from aifab.serve.limits import (
 )
 from aifab.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
 from aifab.serve.models import ModelRegistry
+from aifab.serve.ratelimit import rate_limited_counter, rate_limiter
 from aifab.serve.schemas import (
+    AuditList,
+    DriftOut,
     ErrorBody,
     FeedbackList,
     FeedbackOut,
@@ -84,10 +101,33 @@ from aifab.serve.schemas import (
     ModelList,
     PredictRequest,
     PredictResponse,
+    PromoteRequest,
+    PromoteResponse,
     ReloadResponse,
     ReviewList,
+    RollbackRequest,
+    RollbackResponse,
+    VersionList,
     describe_errors,
 )
+from aifab.serve.security import (
+    SECURITY_HEADERS,
+    SecurityHeadersMiddleware,
+    cors_options,
+    mark_permission,
+)
+
+
+def _iso_datetime(value: Any) -> Any:
+    """Only ISO 8601 text is a time here: pydantic would read ``since=-124`` as seconds since
+    1970, which the OpenAPI document (``format: date-time``) does not allow."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 date-time such as 2026-11-28T09:00:00Z, not a number")
+    return value
+
+
+Since = Annotated[datetime | None, BeforeValidator(_iso_datetime)]
+
 
 __all__ = ["check_no_auth_host", "create_app", "review_margin"]
 
@@ -122,6 +162,8 @@ def create_app(
     queue_size: int = 1024,
     poll_seconds: float = 2.0,
     keep_inputs: bool = True,
+    config: ServeConfig | None = None,
+    operations: Operations | None = None,
 ) -> FastAPI:
     """The server as an ASGI app; its models load when it starts (``lifespan``).
 
@@ -132,7 +174,11 @@ def create_app(
     request on an idle server runs at once) and ``queue_size`` configure each model's
     micro-batcher;
     ``poll_seconds`` how often the ``production`` alias is checked for a hot swap;
-    ``keep_inputs=False`` logs predictions without their inputs (hashes only).
+    ``keep_inputs=False`` logs predictions without their inputs (hashes only);
+    ``config``: rate limit per token and CORS origins (None: neither; see
+    :mod:`aifab.serve.ratelimit` and :mod:`aifab.serve.security`);
+    ``operations``: promotion, rollback, audit and drift over a workspace (:class:`Operations`;
+    None: those endpoints are not served).
 
     >>> from aifab.store import ArtifactStore, MetadataStore
     >>> import tempfile
@@ -169,6 +215,9 @@ def create_app(
         keep_inputs=keep_inputs,
     )
     cache = TokenCache(ttl_s=TOKEN_CACHE_TTL_S)
+    config = config if config is not None else ServeConfig()
+    limited = rate_limited_counter(metrics.registry)
+    limiter = rate_limiter(config, on_limited=lambda who: limited.labels(who).inc())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -198,6 +247,8 @@ def create_app(
             _credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
         ) -> Token:
             if not auth:
+                if limiter is not None:  # one bucket per client address: no token to key by
+                    limiter.take(f"anonymous@{request.client.host if request.client else '?'}")
                 return _ANONYMOUS
             from aifab.security.roles import require
 
@@ -205,10 +256,12 @@ def create_app(
             token = cache.get(plaintext)
             if token is None:
                 token = await verify_once(plaintext)
+            if limiter is not None:  # before the role check: refused requests count too
+                limiter.take(token.id, who=token.name)
             require(token.role, permission)
             return token
 
-        return caller
+        return mark_permission(caller, permission)
 
     verifying: dict[str, asyncio.Future[Token]] = {}
 
@@ -242,7 +295,7 @@ def create_app(
         if isinstance(exc, AuthError) and not isinstance(exc, Forbidden):
             headers["WWW-Authenticate"] = 'Bearer realm="aifab"'
         if isinstance(exc, Overloaded):
-            headers["Retry-After"] = str(RETRY_AFTER_S)
+            headers["Retry-After"] = str(getattr(exc, "retry_after_s", RETRY_AFTER_S))
         return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(AifabError)
@@ -257,6 +310,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI: a body it cannot decode; a 422 like any bad input
+            return error_response(
+                InputError(f"request body: cannot be read ({exc.detail}); send UTF-8 JSON")
+            )
         codes = {404: "not_found", 405: "method_not_allowed"}
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
@@ -281,13 +338,17 @@ def create_app(
                 "message": "internal server error; the server log has the details",
             }
         }
-        return JSONResponse(body, status_code=500)
+        # Answered outside the middlewares (by Starlette's outermost one): add the headers here.
+        return JSONResponse(body, status_code=500, headers=dict(SECURITY_HEADERS))
 
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=limits.max_body_bytes,
         on_error=lambda e: metrics.errors.labels(e.code).inc(),
     )
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(config.cors_origins))
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
 
     # -- health, metrics, docs ------------------------------------------------------------
@@ -306,7 +367,25 @@ def create_app(
             {"status": "ready", "models": {m.name: m.number for m in registry.served()}}
         )
 
-    @app.get("/metrics", tags=["health"], dependencies=[Depends(permit("read"))], responses=_ERRORS)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=[Depends(permit("read"))],
+        response_class=PlainTextResponse,  # documented as text/plain, what it answers
+        responses={
+            200: {"description": "Prometheus text exposition format"},
+            # Spelled out: with a text/plain route, FastAPI would file the JSON errors there too.
+            **{
+                status: {
+                    "description": _ERRORS[status]["description"],
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                    },
+                }
+                for status in (401, 403)
+            },
+        },
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -440,9 +519,10 @@ def create_app(
         responses=_ERRORS,
     )
     async def get_feedback(
-        name: str, limit: int = Query(100, ge=1, le=1000), since: datetime | None = None
+        name: str, limit: int = Query(100, ge=1, le=1000), since: Since = None
     ) -> JSONResponse:
         """Feedback on this model's predictions, newest first."""
+        await run_in_threadpool(meta.aliases, name)  # NotFound for an unknown model, not []
         found = await run_in_threadpool(lambda: meta.list_feedback(name, since=since, limit=limit))
         return JSONResponse({"feedback": to_jsonable(found)})
 
@@ -454,11 +534,12 @@ def create_app(
         responses=_ERRORS,
     )
     async def review_queue(
-        name: str, limit: int = Query(50, ge=1, le=1000), since: datetime | None = None
+        name: str, limit: int = Query(50, ge=1, le=1000), since: Since = None
     ) -> JSONResponse:
         """Predictions nobody gave feedback on, least sure first (smallest ``margin``).
 
         The ranking covers the newest 5000 such predictions."""
+        await run_in_threadpool(meta.aliases, name)  # NotFound for an unknown model, not []
         found = await run_in_threadpool(
             lambda: meta.list_predictions(
                 name, since=since, limit=REVIEW_WINDOW, without_feedback=True
@@ -471,6 +552,9 @@ def create_app(
             item.pop("latency_ms", None)
         return JSONResponse({"predictions": items})
 
+    _add_operator_routes(
+        app, permit=permit, registry=registry, meta=meta, operations=operations, served=models
+    )
     return app
 
 
@@ -503,7 +587,7 @@ def _bearer_token(header: str | None) -> str:
 
 
 async def _form_instances(request: Request, limits: ServeLimits) -> list[Any]:
-    """A multipart upload's parts as instances: files as bytes, plain fields as text."""
+    """A multipart upload's ``file`` parts as instances: files as bytes, plain fields as text."""
     try:
         form = await request.form(
             max_files=limits.max_instances,
@@ -520,11 +604,21 @@ async def _form_instances(request: Request, limits: ServeLimits) -> list[Any]:
         raise InputError(f"multipart body: {detail}") from None
     try:
         raw: list[Any] = []
-        for _key, value in form.multi_items():
+        for key, value in form.multi_items():
+            if key != "file":  # strict like the JSON body: a misspelt part is an error, not an instance
+                raise InputError(
+                    f"multipart part {key!r}: unknown field; send each instance as a part named "
+                    "'file' (curl -F file=@x.png)",
+                    details={"field": key},
+                )
             raw.append(await value.read() if isinstance(value, UploadFile) else value)
         return raw
     finally:
         await form.close()
+
+
+_PART = {"type": "string", "format": "binary"}
+_PARTS = {"anyOf": [_PART, {"type": "array", "items": _PART}]}
 
 
 def _predict_body() -> dict[str, Any]:
@@ -535,10 +629,11 @@ def _predict_body() -> dict[str, Any]:
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "description": "one file per instance (images; UTF-8 text files for text models)",
+                    # As the route reads it: every `file` part is an instance (one or several).
+                    "properties": {"file": _PARTS},
+                    "additionalProperties": False,
+                    "description": "one part named 'file' per instance, in order: a file (an "
+                    "image; a UTF-8 text file for a text model) or, for a text model, a text field",
                 }
             },
         },
@@ -568,3 +663,189 @@ def _package_version() -> str:
         return version("aifab")
     except PackageNotFoundError:
         return "0"
+
+
+# -- operator endpoints ---------------------------------------------------------------------
+
+
+class Operations(Protocol):
+    """The work behind the operator endpoints, done on a workspace:
+    :class:`aifab.pipeline.serving.WorkspaceOperations` (the gate evaluates models and drift
+    embeds inputs, which this layer cannot do itself). Every method may take seconds: the
+    endpoints call them on a worker thread."""
+
+    def promote(
+        self, ref: str, *, actor: str, role: str, force: bool = False, reason: str = ""
+    ) -> dict[str, Any]: ...
+
+    def rollback(self, name: str, *, actor: str, role: str, reason: str = "") -> dict[str, Any]: ...
+
+    def audit(
+        self, name: str | None = None, *, alias: str | None = None, refused: bool = False
+    ) -> list[dict[str, Any]]: ...
+
+    def drift(self, name: str, *, window: int | None = None) -> dict[str, Any]: ...
+
+
+def _add_operator_routes(
+    app: FastAPI,
+    *,
+    permit: Callable[[str], Callable[..., Any]],
+    registry: ModelRegistry,
+    meta: Any,
+    operations: Operations | None,
+    served: list[str] | None,
+) -> None:
+    """Model versions (always), and promotion, rollback, audit and drift (with ``operations``)."""
+
+    @app.get(
+        "/v1/models/{name}/versions",
+        tags=["models"],
+        response_model=VersionList,
+        dependencies=[Depends(permit("read"))],
+        responses=_ERRORS,
+    )
+    async def model_versions(name: str) -> dict[str, Any]:
+        """Every version of the model, newest first: aliases, scalar test metrics, the latest
+        gate verdict, and whether this server answers with it now."""
+        versions, gates = await run_in_threadpool(
+            lambda: (meta.list_model_versions(name), meta.list_gate_results(name))
+        )
+        latest: dict[int, Any] = {}
+        for gate in gates:  # newest first
+            latest.setdefault(gate.version, gate)
+        serving = {m.name: m.number for m in registry.served()}.get(name)
+        return {
+            "model": name,
+            "versions": [_version_out(v, latest.get(v.version), serving) for v in versions],
+        }
+
+    if operations is None:
+        return
+    ops = operations
+
+    async def serve_now(name: str) -> dict[str, Any] | None:
+        """Serve the version ``production`` points at now, as ``:reload`` does, so that the
+        answer to the move is also the moment the server switched."""
+        if served is not None and name not in served:
+            return None  # this server does not serve the model
+        try:
+            done = await registry.reload(name)
+        except Exception as exc:  # noqa: BLE001 - the move stands; :reload retries the load
+            message = exc.message if isinstance(exc, AifabError) else f"{type(exc).__name__}: {exc}"
+            log.error("model %s: the new production version did not load: %s", name, message)
+            return {"error": message}
+        return {"version": done.served.number, "previous": done.previous, "changed": done.changed}
+
+    @app.post(
+        "/v1/models/{name}/versions/{version}:promote",
+        tags=["models"],
+        response_model=PromoteResponse,
+        responses={**_ERRORS, 400: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    )
+    async def promote(
+        name: str,
+        version: str,
+        body: PromoteRequest | None = None,
+        caller: Token = Depends(permit("models")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Run the quality gate on ``version`` (a number or an alias such as ``candidate``) and
+        move ``production`` to it only when the gate passes; 422 with every reason when it
+        refuses. ``force`` overrules a failed gate: admin only, with a ``reason``. The server
+        answers with the new version before this request returns."""
+        body = body or PromoteRequest()
+        result = await run_in_threadpool(
+            lambda: ops.promote(
+                f"{name}@{version}",
+                actor=caller.name,
+                role=caller.role,
+                force=body.force,
+                reason=body.reason,
+            )
+        )
+        log.info(
+            "model %s: production %s -> %s by %s (gate %s)",
+            name,
+            result["previous"],
+            result["version"],
+            caller.name,
+            "forced" if result.get("forced") else "passed",
+        )
+        return {**result, "served": await serve_now(name)}
+
+    @app.post(
+        "/v1/models/{name}:rollback",
+        tags=["models"],
+        response_model=RollbackResponse,
+        responses={**_ERRORS, 409: {"model": ErrorBody}},
+    )
+    async def rollback(
+        name: str,
+        body: RollbackRequest | None = None,
+        caller: Token = Depends(permit("models")),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Move ``production`` back to the version it held before; served before this returns."""
+        reason = (body or RollbackRequest()).reason
+        result = await run_in_threadpool(
+            lambda: ops.rollback(name, actor=caller.name, role=caller.role, reason=reason)
+        )
+        log.info(
+            "model %s: production rolled back %s -> %s by %s",
+            name,
+            result["previous"],
+            result["version"],
+            caller.name,
+        )
+        return {**result, "served": await serve_now(name)}
+
+    @app.get(
+        "/v1/audit",
+        tags=["models"],
+        response_model=AuditList,
+        dependencies=[Depends(permit("models"))],
+        responses=_ERRORS,
+    )
+    async def audit(
+        model: str | None = None,
+        alias: str | None = None,
+        refused: bool = False,
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        """Every alias move, newest first: who, what, when, why and the gate result that
+        allowed it; ``refused=true`` adds the promotions the gate refused."""
+        entries = await run_in_threadpool(
+            lambda: ops.audit(model, alias=alias, refused=refused)
+        )
+        return {"audit": entries[:limit]}
+
+    @app.get(
+        "/v1/models/{name}/drift",
+        tags=["models"],
+        response_model=DriftOut,
+        dependencies=[Depends(permit("read"))],
+        responses=_ERRORS,
+    )
+    async def drift(name: str, window: int | None = Query(None, ge=1, le=100_000)) -> Any:
+        """Drift of the latest served predictions of the production version against its
+        training data, as ``aifab drift NAME`` reports it."""
+        report = await run_in_threadpool(lambda: ops.drift(name, window=window))
+        return to_jsonable(report)
+
+
+def _version_out(version: Any, gate: Any, serving: int | None) -> dict[str, Any]:
+    test = version.metrics.get("test", {}) if isinstance(version.metrics, dict) else {}
+    return {
+        "version": version.version,
+        "aliases": list(version.aliases),
+        "task": version.task,
+        "created_at": version.created_at,
+        "dataset_version": version.dataset_version,
+        "run_id": version.run_id,
+        "test": {
+            k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        "gate": None
+        if gate is None
+        else {"id": gate.id, "passed": gate.passed, "created_at": gate.created_at.isoformat()},
+        "served": serving == version.version,
+    }

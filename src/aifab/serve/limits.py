@@ -135,8 +135,13 @@ def _decode_one(i: int, value: Any, kind: str, limits: ServeLimits) -> str | byt
 def _check_image(data: bytes, where: str, limits: ServeLimits) -> bytes:
     from PIL import Image, UnidentifiedImageError
 
+    from aifab.data.images import ALLOWED_FORMATS
+
+    Image.init()  # registers every plugin: `formats=` names plugins Pillow loads lazily
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        # Only the raster formats the data gate accepts (Pillow would also open EPS, which
+        # runs Ghostscript). Reads the header only.
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
             width, height = image.size
             if width * height > limits.max_image_pixels:
                 raise InputError(
@@ -147,13 +152,18 @@ def _check_image(data: bytes, where: str, limits: ServeLimits) -> bytes:
             image.load()  # a truncated or corrupt image fails here, not inside a shared batch
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        problem = (
-            "not an image Pillow can read"
-            if isinstance(exc, UnidentifiedImageError)
-            else f"corrupt image ({exc})"
-        )
-        raise InputError(f"{where}: {problem}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own bomb check runs in open(), before our limit can look at the size.
+        raise InputError(
+            f"{where}: refused before decoding ({exc}); the limit is max_image_pixels={limits.max_image_pixels}",
+            details={"limit": "max_image_pixels", "value": limits.max_image_pixels},
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(
+            f"{where}: not an image Pillow can read (allowed formats: {', '.join(ALLOWED_FORMATS)})"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - hostile bytes make Pillow raise almost anything
+        raise InputError(f"{where}: corrupt image ({type(exc).__name__}: {exc})") from None
     return data
 
 

@@ -135,6 +135,99 @@ class ReviewList(BaseModel):
     predictions: list[ReviewItem]
 
 
+class VersionOut(BaseModel):
+    """One registered version: its aliases, scalar test metrics, the latest gate verdict on it
+    (None: never gated) and whether this server answers with it now."""
+
+    version: int
+    aliases: list[str]
+    task: str
+    created_at: datetime
+    dataset_version: str | None = None
+    run_id: str | None = None
+    test: dict[str, int | float]
+    gate: dict[str, Any] | None = None
+    served: bool
+
+
+class VersionList(BaseModel):
+    model: str
+    versions: list[VersionOut]
+
+
+class PromoteRequest(_Strict):
+    """``force`` moves ``production`` past a failed gate: admin only, with a ``reason``."""
+
+    force: bool = False
+    reason: str = Field(default="", max_length=2000)
+
+
+class RollbackRequest(_Strict):
+    reason: str = Field(default="", max_length=2000)
+
+
+class ServedNow(BaseModel):
+    """What the server answers with after the move (None when it does not serve the model);
+    ``error`` when the new version failed to load (the old one keeps answering)."""
+
+    version: int | None = None
+    previous: int | None = None
+    changed: bool | None = None
+    error: str | None = None
+
+
+class MoveOut(BaseModel):
+    """An alias move: who (``actor``), what (``previous`` -> ``version``), when, why."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    alias: str
+    version: int | None
+    previous: int | None
+    moved_at: datetime
+    actor: str
+    reason: str
+
+
+class PromoteResponse(MoveOut):
+    """The move and the gate result that allowed it; ``forced`` when it overruled the gate."""
+
+    forced: bool
+    gate_result_id: int
+    gate: dict[str, Any]
+    served: ServedNow | None = None
+
+
+class RollbackResponse(MoveOut):
+    served: ServedNow | None = None
+
+
+class AuditEntry(MoveOut):
+    """``event``: ``moved``, or ``refused`` (a promotion the gate refused; nothing moved)."""
+
+    event: str
+    forced: bool
+    gate: dict[str, Any] | None = None
+
+
+class AuditList(BaseModel):
+    audit: list[AuditEntry]
+
+
+class DriftOut(BaseModel):
+    """``aifab drift NAME``'s report: ``alarm`` and its ``reasons``, every number in ``features``
+    and ``embeddings``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    alarm: bool
+    reasons: list[str]
+    count: int
+    window: int
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -23,11 +23,12 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from aifab.core.errors import InputError, IntegrityError, NotFound
+from aifab.core.errors import AuthError, InputError, IntegrityError, NotFound
+from aifab.core.progress import NullProgress, Progress
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: big enough to stream fast, small enough to keep memory flat
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -38,7 +39,10 @@ _TEMP_PREFIX = ".tmp-"
 class Cipher(Protocol):
     """Encrypts blobs at rest. ``aad`` is the blob's digest (ASCII), binding the ciphertext
     to its address so a blob cannot be swapped for another. ``decrypt`` must raise
-    :class:`~aifab.core.errors.IntegrityError` when authentication fails."""
+    :class:`~aifab.core.errors.IntegrityError` when authentication fails (and may raise
+    :class:`~aifab.core.errors.AuthError` for a key it does not hold); the store adds the
+    blob's digest to the message. :class:`aifab.security.crypto.EnvelopeCipher` is the one
+    encrypted workspaces use."""
 
     def encrypt(self, data: bytes, aad: bytes) -> bytes: ...
 
@@ -94,14 +98,7 @@ class ArtifactStore:
         if self._backend.exists(key):
             return digest
         stored = self.cipher.encrypt(data, digest.encode()) if self.cipher else data
-        temp = self._backend.temp_key()
-        try:
-            with self._backend.open_write(temp) as f:
-                f.write(stored)
-            self._backend.commit(temp, key)
-        except BaseException:
-            self._discard_temp(temp)
-            raise
+        self._write(key, stored)
         return digest
 
     def put_file(self, path: Path | str) -> str:
@@ -149,7 +146,7 @@ class ArtifactStore:
             stored = self._backend.read(key)
         except FileNotFoundError:
             raise self._not_found(digest) from None
-        data = self.cipher.decrypt(stored, digest.encode()) if self.cipher else stored
+        data = self._decrypt(digest, stored) if self.cipher else stored
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise IntegrityError(
@@ -191,7 +188,54 @@ class ArtifactStore:
             if m:
                 yield m.group(1) + m.group(2)
 
+    # -- key rotation ---------------------------------------------------------------------
+
+    def rewrap(self, rewrap: Callable[[bytes], bytes | None], *, progress: Progress | None = None) -> int:
+        """Pass every blob's stored (encrypted) bytes through ``rewrap`` and atomically replace
+        the blob with what it returns (None: keep it as it is); return how many were replaced.
+
+        Key rotation (:meth:`aifab.security.crypto.EnvelopeCipher.rewrap`) goes through here:
+        the store never sees a key, and a crash leaves each blob wrapped under the old key or
+        the new one, whole either way. An error names the blob.
+        """
+        digests = list(self.iter_digests())
+        replaced = 0
+        with (progress or NullProgress()).task("re-wrapping blobs", total=len(digests)) as task:
+            for digest in digests:
+                key = _key(digest)
+                try:
+                    new = rewrap(self._backend.read(key))
+                except (IntegrityError, AuthError) as exc:
+                    raise self._named(digest, exc) from None
+                if new is not None:
+                    self._write(key, new)
+                    replaced += 1
+                task.advance()
+        return replaced
+
     # -- helpers --------------------------------------------------------------------------
+
+    def _write(self, key: str, stored: bytes) -> None:
+        """Write ``stored`` under ``key`` atomically: a temp name first, then a rename (which
+        replaces an existing blob whole)."""
+        temp = self._backend.temp_key()
+        try:
+            with self._backend.open_write(temp) as f:
+                f.write(stored)
+            self._backend.commit(temp, key)
+        except BaseException:
+            self._discard_temp(temp)
+            raise
+
+    def _decrypt(self, digest: str, stored: bytes) -> bytes:
+        assert self.cipher is not None
+        try:
+            return self.cipher.decrypt(stored, digest.encode())
+        except (IntegrityError, AuthError) as exc:
+            raise self._named(digest, exc) from None
+
+    def _named(self, digest: str, exc: IntegrityError | AuthError) -> IntegrityError | AuthError:
+        return type(exc)(f"blob {digest} in {self.url}: {exc.message}", details={"digest": digest, **exc.details})
 
     def _discard_temp(self, temp: str) -> None:
         # Best effort: a leftover temp file wastes space but is never read as a blob.

@@ -18,6 +18,10 @@ JSON columns hold plain JSON: values are normalized through ``json`` on the way 
 write returns equals what a later read returns; NaN and infinity are refused (PostgreSQL's
 JSON type rejects them and SQLite would accept them: one rule for both).
 
+In an encrypted workspace (docs/encryption.md) the one column of record content,
+``predictions.input_text``, holds ``aifab-enc1:`` + the base64 of an envelope made by the
+``cipher`` the store is given; the other columns are metadata and stay plain.
+
 SQLite runs in WAL mode with a 30 s busy timeout and foreign keys on. Write transactions
 start with ``BEGIN IMMEDIATE`` so they take the write lock up front and wait for it;
 a deferred transaction that read first would fail at once with "database is locked"
@@ -32,6 +36,8 @@ when another writer got there in between.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -62,7 +68,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from aifab.core.errors import Conflict, InputError, NotFound, Overloaded, nearest
+from aifab.core.errors import AuthError, Conflict, InputError, IntegrityError, NotFound, Overloaded, nearest
 from aifab.core.types import (
     AliasMove,
     DatasetVersion,
@@ -74,6 +80,7 @@ from aifab.core.types import (
     RunStatus,
     Token,
 )
+from aifab.store.artifacts import Cipher
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,10 @@ _RUN_ID = re.compile(r"[a-z0-9_-]{6,64}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 _RECORD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # prediction and feedback ids (uuid4 hex)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# An encrypted value in a text column: this prefix, then the base64 of an envelope
+# (aifab.security.crypto). A prefix, not a new column type: no migration, and a plaintext value
+# in an encrypted store is told apart and refused.
+_SEALED = "aifab-enc1:"
 _WRITE_OPTION = "aifab_write"
 
 
@@ -416,7 +427,7 @@ def _to_token(row: TokenRow) -> Token:
     )
 
 
-def _to_prediction(row: PredictionRow) -> Prediction:
+def _to_prediction(row: PredictionRow, cipher: Cipher | None = None) -> Prediction:
     return Prediction(
         id=row.id,
         model_name=row.model_name,
@@ -426,9 +437,40 @@ def _to_prediction(row: PredictionRow) -> Prediction:
         label=row.label,
         scores=row.scores,
         latency_ms=row.latency_ms,
-        input_text=row.input_text,
+        input_text=_open_text(row.input_text, cipher, row.id),
         input_blob=row.input_blob,
     )
+
+
+def _text_aad(prediction_id: str) -> bytes:
+    # Binds the ciphertext to its row: one prediction's text cannot be moved into another's.
+    return f"predictions/{prediction_id}/input_text".encode()
+
+
+def _seal_text(text: str | None, cipher: Cipher | None, prediction_id: str) -> str | None:
+    if text is None or cipher is None:
+        return text
+    sealed = cipher.encrypt(text.encode("utf-8"), _text_aad(prediction_id))
+    return _SEALED + base64.b64encode(sealed).decode("ascii")
+
+
+def _open_text(value: str | None, cipher: Cipher | None, prediction_id: str) -> str | None:
+    if value is None or cipher is None:
+        return value
+    return _on_sealed(value, prediction_id, lambda e: cipher.decrypt(e, _text_aad(prediction_id))).decode("utf-8")
+
+
+def _on_sealed(value: str, prediction_id: str, fn: Callable[[bytes], T]) -> T:
+    """``fn`` of the envelope in a sealed column value; errors name the prediction and field."""
+    where = f"prediction {prediction_id!r}, field 'input_text'"
+    if not value.startswith(_SEALED):
+        raise IntegrityError(f"{where}: stored in plaintext in an encrypted workspace", details={"prediction": prediction_id})
+    try:
+        return fn(base64.b64decode(value[len(_SEALED) :], validate=True))
+    except binascii.Error:
+        raise IntegrityError(f"{where}: not valid base64; the value was altered", details={"prediction": prediction_id}) from None
+    except (IntegrityError, AuthError) as exc:
+        raise type(exc)(f"{where}: {exc.message}", details={"prediction": prediction_id, **exc.details}) from None
 
 
 def _to_feedback(row: FeedbackRow) -> Feedback:
@@ -461,8 +503,10 @@ class MetadataStore:
     >>> store.dispose()
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, cipher: Cipher | None = None) -> None:
         self.url = url
+        # Encrypts logged text inputs (the one column of record content); see docs/encryption.md.
+        self.cipher = cipher
         self.engine: Engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine)
@@ -1200,7 +1244,7 @@ class MetadataStore:
         (3, 'spam')
         >>> store.dispose()
         """
-        values = [_prediction_values(p) for p in predictions]
+        values = [_prediction_values(p, self.cipher) for p in predictions]
         if not values:
             return
         ids = [v["id"] for v in values]
@@ -1236,7 +1280,7 @@ class MetadataStore:
                     f"prediction {prediction_id!r} not found",
                     details={"prediction": prediction_id},
                 )
-            return _to_prediction(row)
+            return _to_prediction(row, self.cipher)
 
     def list_predictions(
         self,
@@ -1258,13 +1302,48 @@ class MetadataStore:
                 answered = sa.exists().where(FeedbackRow.prediction_id == PredictionRow.id)
                 query = query.where(~answered)
             query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
-            return [_to_prediction(r) for r in session.scalars(query.limit(limit))]
+            return [_to_prediction(r, self.cipher) for r in session.scalars(query.limit(limit))]
 
     def count_predictions(self, model_name: str) -> int:
         """How many predictions of one model are logged."""
         with self._read() as session:
             query = select(func.count()).where(PredictionRow.model_name == model_name)
             return int(session.scalar(query) or 0)
+
+    def rewrap_prediction_inputs(self, rewrap: Callable[[bytes], bytes | None], *, batch_size: int = 500) -> int:
+        """Pass the envelope of every encrypted logged text input through ``rewrap`` and store
+        what it returns (None: keep it), one transaction per ``batch_size`` rows; return how many
+        rows changed. Key rotation goes through here; the store never sees a key.
+
+        >>> store = MetadataStore("sqlite://")
+        >>> store.migrate()
+        >>> store.rewrap_prediction_inputs(lambda envelope: None)
+        0
+        >>> store.dispose()
+        """
+        changed, after = 0, ""
+        while True:
+            with self._read() as session:
+                query = (
+                    select(PredictionRow.id, PredictionRow.input_text)
+                    .where(PredictionRow.input_text.startswith(_SEALED, autoescape=True), PredictionRow.id > after)
+                    .order_by(PredictionRow.id)
+                    .limit(batch_size)
+                )
+                rows = session.execute(query).all()
+            if not rows:
+                return changed
+            after = rows[-1].id
+            updates = []
+            for row in rows:
+                new = _on_sealed(row.input_text, row.id, rewrap)
+                if new is not None:
+                    updates.append({"row_id": row.id, "value": _SEALED + base64.b64encode(new).decode("ascii")})
+            if updates:
+                table = cast(sa.Table, PredictionRow.__table__)
+                statement = table.update().where(table.c.id == sa.bindparam("row_id")).values(input_text=sa.bindparam("value"))
+                self._write(lambda session: session.execute(statement, updates))
+                changed += len(updates)
 
     # -- feedback -------------------------------------------------------------------------
 
@@ -1575,7 +1654,7 @@ def _check_limit(limit: int) -> None:
         raise InputError(f"limit {limit!r}: expected a whole number of at least 1")
 
 
-def _prediction_values(p: Prediction) -> dict[str, Any]:
+def _prediction_values(p: Prediction, cipher: Cipher | None = None) -> dict[str, Any]:
     """One prediction as the column values of its row, checked (InputError naming the field)."""
     where = f"prediction {p.id!r}"
     if not (isinstance(p.id, str) and _RECORD_ID.fullmatch(p.id)):
@@ -1605,7 +1684,7 @@ def _prediction_values(p: Prediction) -> dict[str, Any]:
         "label": p.label,
         "scores": p.scores,
         "latency_ms": float(latency),
-        "input_text": p.input_text,
+        "input_text": _seal_text(p.input_text, cipher, p.id),
         "input_blob": p.input_blob,
     }
 

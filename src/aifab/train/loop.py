@@ -51,6 +51,7 @@ __all__ = [
     "HISTORY_METRICS",
     "Batch",
     "class_weights_for",
+    "distillation_loss",
     "epoch_generator",
     "fit",
     "make_loss",
@@ -81,10 +82,12 @@ _PER_STEP = ("cosine", "onecycle")
 
 
 class Batch(NamedTuple):
-    """One batch: the model's keyword inputs and the targets."""
+    """One batch: the model's keyword inputs, the targets and, when distilling, the teacher's
+    probabilities ``(B, C)`` that the loss of ``config.distill`` needs."""
 
     inputs: dict[str, torch.Tensor]
     targets: torch.Tensor
+    teacher: torch.Tensor | None = None
 
 
 LoaderFactory = Callable[[int, "torch.Generator"], Iterable[Batch]]
@@ -292,10 +295,11 @@ def make_loss(
     multi_label: bool,
     class_weights: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """``loss(logits, targets)``: cross-entropy (class weights, label smoothing) for one label,
     binary cross-entropy with logits (``pos_weight`` = class weights; smoothing pulls targets
-    towards 0.5) for multi-label.
+    towards 0.5) for multi-label. With ``config.distill``: ``loss(logits, targets, teacher)``,
+    that hard loss mixed with the teacher's soft targets (:func:`distillation_loss`).
 
     >>> import torch
     >>> from aifab.core.config import TrainConfig
@@ -318,8 +322,54 @@ def make_loss(
                 targets = targets * (1.0 - smoothing) + 0.5 * smoothing
             return bce(logits, targets)
 
-        return multi
-    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+        hard: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = multi
+    else:
+        hard = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+    if config.distill is None:
+        return hard
+    return distillation_loss(
+        hard, temperature=config.distill.temperature, alpha=config.distill.alpha, multi_label=multi_label
+    )
+
+
+def distillation_loss(
+    hard: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    temperature: float,
+    alpha: float,
+    multi_label: bool = False,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(logits, targets, teacher) = alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * hard``.
+
+    ``teacher`` holds the teacher's probabilities ``(B, C)`` at temperature 1 (what a model
+    version's ``predict_proba`` gives); softening them at ``T`` is a softmax of ``log p / T``, the
+    same as the teacher's logits over ``T``. ``T^2`` keeps the soft term's gradients on the scale
+    of the hard one's (Hinton et al., 2015). Multi-label: each class is a Bernoulli softened
+    through its log-odds, and the soft term is binary cross-entropy (the KL plus the teacher's
+    entropy, a constant: the same gradients).
+
+    >>> import torch
+    >>> loss = distillation_loss(torch.nn.CrossEntropyLoss(), temperature=1.0, alpha=1.0)
+    >>> round(loss(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([[0.8, 0.2]])).item(), 4)
+    0.1927
+    """
+    import torch
+    from torch.nn import functional as F
+
+    t = float(temperature)
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = teacher.to(logits.dtype).clamp(1e-7, 1.0 - 1e-7)  # log(0) would be -inf
+        if multi_label:
+            soft_targets = torch.sigmoid(torch.logit(teacher) / t)
+            soft = F.binary_cross_entropy_with_logits(logits / t, soft_targets)
+        else:
+            log_teacher = torch.log_softmax(torch.log(teacher) / t, dim=1)
+            log_student = torch.log_softmax(logits / t, dim=1)
+            soft = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+        return alpha * soft * (t * t) + (1.0 - alpha) * hard(logits, targets)
+
+    return loss
 
 
 def class_weights_for(
@@ -420,7 +470,10 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(**inputs)  # (B, C)
-        loss = loss_fn(logits.float(), targets)  # the loss in float32 even under AMP
+        if batch.teacher is None:
+            loss = loss_fn(logits.float(), targets)  # the loss in float32 even under AMP
+        else:
+            loss = loss_fn(logits.float(), targets, batch.teacher.to(device, non_blocking=True))
         value = float(loss.detach())
         if not math.isfinite(value) and scaler is None:
             raise ConfigError(

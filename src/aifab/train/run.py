@@ -85,6 +85,8 @@ def train_classifier(
     progress: Progress | None = None,
     callbacks: Sequence[CallbackProtocol] = (),
     device: str | None = None,
+    teacher_probs: Any = None,
+    start: TrainedClassifier | None = None,
 ) -> TrainedClassifier:
     """Train the classifier ``spec`` describes on the given examples.
 
@@ -93,11 +95,18 @@ def train_classifier(
     example (possibly empty); ``labels`` fixes the class order of the outputs. ``device``
     overrides ``spec.train.device``.
 
+    Distillation: ``teacher_probs`` ``(N, C)`` holds a teacher's probabilities for each training
+    input, columns in ``labels`` order; it goes with ``spec.train.distill`` (its temperature and
+    alpha), and one without the other is a :class:`~aifab.core.errors.ConfigError`.
+
     With ``checkpoint_path`` a checkpoint is written after every epoch. With ``resume=True`` and
     that file present, training continues after the saved epoch with every state restored, and
     ends with the same weights as an uninterrupted run (on the CPU); a checkpoint of a different
     spec or data is a :class:`~aifab.core.errors.Conflict`. Without the file, training starts
     from the beginning.
+
+    ``start`` fine-tunes that classifier (its network, preprocessing and tokenizer, in place)
+    instead of building a fresh one: a pruned model's short fine-tune uses it.
     """
     import torch
 
@@ -112,8 +121,9 @@ def train_classifier(
         raise InputError("train: no training examples")
     y_train = _encode_targets(train_targets, labels, spec.multi_label, "train")
     y_val = _encode_targets(val_targets, labels, spec.multi_label, "val")
+    teacher = _teacher_tensor(teacher_probs, spec, len(train_inputs), len(labels))
     run_device = _resolve_device(device or spec.train.device)
-    fingerprint = _fingerprint(spec, labels, train_inputs, y_train, val_inputs, y_val)
+    fingerprint = _fingerprint(spec, labels, train_inputs, y_train, val_inputs, y_val, teacher)
 
     saved = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
@@ -126,7 +136,10 @@ def train_classifier(
 
     cfg = spec.train
     seed_everything(cfg.seed)  # before the model is built: its initial weights are random
-    if saved is not None:
+    if start is not None:
+        preprocessing, tokenizer_json = start.preprocessing, start.tokenizer_json
+        model_params = start.model_params
+    elif saved is not None:
         meta = saved["meta"]
         preprocessing, tokenizer_json = meta["preprocessing"], meta["tokenizer_json"]
         model_params = meta["model_params"]
@@ -138,7 +151,7 @@ def train_classifier(
     epochs = cfg.epochs if cfg.epochs is not None else (3 if model_cfg.arch.startswith("pretrained:") else 10)
     train_cfg = cfg.model_copy(update={"lr": lr, "epochs": epochs})
 
-    model = _build(model_params, load_pretrained=saved is None)
+    model = start.model if start is not None else _build(model_params, load_pretrained=saved is None)
     if kind == "image":
         image_pre = ImagePreprocessor.from_dict(preprocessing)
         augment = image_pre.train_transform(cfg.augment)
@@ -147,7 +160,7 @@ def train_classifier(
         assert tokenizer_json is not None
         encoder = TextPreprocessor.from_files(tokenizer_json, preprocessing)
         augment = None
-    train_collate = _Collate(train_inputs, y_train, encoder, augment, "train")
+    train_collate = _Collate(train_inputs, y_train, encoder, augment, "train", teacher)
     val_collate = _Collate(val_inputs, y_val, encoder, None, "val")
     weights = class_weights_for(
         y_train.numpy(),
@@ -382,13 +395,14 @@ def _build(model_params: dict[str, Any], *, load_pretrained: bool) -> nn.Module:
         image_size=model_params.get("image_size"),
         pad_id=int(model_params.get("pad_id") or 0),
         load_pretrained=load_pretrained,
+        channels=model_params.get("channels"),  # the widths a structured pruning left
     )
 
 
 def _default_lr(model_cfg: ModelConfig) -> float:
     from aifab.models.build import default_lr
 
-    return default_lr(model_cfg.arch, pretrained=model_cfg.pretrained)
+    return default_lr(model_cfg.arch, pretrained=model_cfg.pretrained, frozen=model_cfg.freeze_encoder)
 
 
 def _effective_spec(spec: Spec, model_params: dict[str, Any], lr: float, epochs: int) -> dict[str, Any]:
@@ -426,11 +440,14 @@ class _Collate:
     encoder: ImagePreprocessor | TextPreprocessor
     augment: Any
     split: str
+    teacher: torch.Tensor | None = None
+    """Distillation: the teacher's probabilities ``(N, C)``, sliced with the targets."""
 
     def __call__(self, indices: list[int]) -> Batch:
         items = [self.inputs[i] for i in indices]
         inputs = _encode_inputs(self.encoder, items, self.augment, self.split, indices)
-        return Batch(inputs, self.targets[indices])
+        teacher = self.teacher[indices] if self.teacher is not None else None
+        return Batch(inputs, self.targets[indices], teacher)
 
 
 def _encode_inputs(
@@ -527,10 +544,12 @@ def _fingerprint(
     y_train: torch.Tensor,
     val_inputs: Sequence[Any],
     y_val: torch.Tensor,
+    teacher: torch.Tensor | None = None,
 ) -> str:
     """A hash of what decides a run's result: the spec's model and training settings, labels and
-    the data itself. Names (``dataset`` may be re-pinned as ``NAME@VERSION`` on resume, ``name``),
-    the gate, the time limit and the device do not change the weights and are left out."""
+    the data itself (and a distillation teacher's probabilities). Names (``dataset`` may be
+    re-pinned as ``NAME@VERSION`` on resume, ``name``), the gate, the search space, the time limit
+    and the device do not change the weights and are left out."""
     h = hashlib.blake2b(digest_size=16)
     settings = spec.model_dump(
         mode="json",
@@ -538,6 +557,7 @@ def _fingerprint(
             "dataset": True,
             "name": True,
             "gate": True,
+            "search": True,
             "train": {"max_minutes", "device"},
         },
     )
@@ -550,4 +570,31 @@ def _fingerprint(
             h.update(data)
     for y in (y_train, y_val):
         h.update(y.numpy().tobytes())
+    if teacher is not None:
+        h.update(teacher.numpy().tobytes())
     return h.hexdigest()
+
+
+def _teacher_tensor(teacher_probs: Any, spec: Spec, rows: int, classes: int) -> torch.Tensor | None:
+    """The teacher's probabilities as a float tensor ``(rows, classes)``, checked against the spec."""
+    import numpy as np
+    import torch
+
+    if teacher_probs is None:
+        if spec.train.distill is not None:
+            raise ConfigError(
+                "train.distill: distillation needs a teacher's probabilities; distill from a model "
+                "version with `aifab distill TEACHER`, or remove train.distill"
+            )
+        return None
+    if spec.train.distill is None:
+        raise ConfigError("teacher_probs: given without train.distill (its temperature and alpha); set train.distill")
+    probs = np.asarray(teacher_probs, dtype=np.float32)
+    if probs.shape != (rows, classes):
+        raise InputError(
+            f"teacher_probs: expected one row per training input and one column per label, "
+            f"({rows}, {classes}); got {probs.shape}"
+        )
+    if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
+        raise InputError("teacher_probs: probabilities must be finite numbers in [0, 1]")
+    return torch.from_numpy(probs.copy())

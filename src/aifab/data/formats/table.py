@@ -207,6 +207,15 @@ def _csv_rows(path: Path, f: IO[str], delimiter: str) -> Iterator[CsvRow]:
             if cells:  # a blank line
                 yield start, cells, problems
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            # Python's csv module caps a field (process-wide setting; we leave it alone).
+            limit = csv.field_size_limit()
+            raise FormatError(
+                str(path),
+                f"a field is longer than {limit} characters, the CSV reader's limit; "
+                "put very long texts in a JSONL or Parquet file",
+                line=reader.line_num,
+            ) from exc
         raise FormatError(str(path), f"not valid CSV: {exc}", line=reader.line_num) from exc
 
 
