@@ -18,6 +18,8 @@ from aifab.evaluate.report import ReportSection, render_html_report
 
 __all__ = ["demo_sections", "write_report"]
 
+REPORT_MODE = 0o644
+
 
 def write_report(path: Path, summary: Mapping[str, Any]) -> Path:
     """Render the demo report to ``path`` atomically (a crash leaves the old file or the new).
@@ -34,6 +36,7 @@ def write_report(path: Path, summary: Mapping[str, Any]) -> Path:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".tmp")
+    os.chmod(tmp, REPORT_MODE)  # mkstemp makes it owner-only; a report is for sharing
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(html)
@@ -156,7 +159,12 @@ def _drift_section(name: str, drift: Mapping[str, Any]) -> ReportSection:
         text=(
             "The served window against the training data's reference statistics (PSI per feature and "
             "a two-sample test on the model's embeddings). The traffic here comes from the same "
-            "distribution as the training data, so no alarm is the right answer."
+            "distribution as the training data, so no alarm is the right answer"
+            + (
+                "; the alarm fired: " + "; ".join(drift.get("reasons") or [])
+                if drift.get("alarm")
+                else ", and it is what the check says."
+            )
         ),
         metrics=scalars,
     )
