@@ -288,3 +288,20 @@ def test_the_result_lists_every_reason_and_round_trips_through_json() -> None:
     ]
     assert len(result.reasons) == len(names) and not result.passed
     assert GateResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_stricter_keeps_every_floor_at_its_tightest_and_the_smaller_tolerances() -> None:
+    from aifab.evaluate.gates import stricter
+
+    production = GateConfig(floors={"test.accuracy": 0.9, "test.ece": 0.2}, max_regression=0.01,
+                            max_class_regression=0.05, latency_p95_ms=None)
+    candidate = GateConfig(floors={"test.accuracy": 0.95, "test.ece": 0.1, "test.macro_f1": 0.8},
+                           max_regression=0.5, max_class_regression=0.01, latency_p95_ms=30.0,
+                           require_clean_data=True)
+    both = stricter(production, candidate)
+    # accuracy: higher is better -> the higher floor; ece: lower is better -> the lower ceiling.
+    assert both.floors == {"test.accuracy": 0.95, "test.ece": 0.1, "test.macro_f1": 0.8}
+    assert (both.max_regression, both.max_class_regression) == (0.01, 0.01)
+    assert both.latency_p95_ms == 30.0 and both.require_clean_data is True
+    assert stricter(candidate, production) == stricter(candidate, production)  # pure
+    assert stricter(production, GateConfig()).floors == production.floors

@@ -226,3 +226,22 @@ def test_the_audit_trail_is_complete(story: Any) -> None:
     )
     assert production[2]["gate"]["checks"] == story["first"]["gate"]["checks"]
     assert not any(e["forced"] for e in entries)
+
+
+def test_a_candidate_cannot_bring_a_lenient_gate(story: Any) -> None:
+    """An operator who trains the corrupted data again with a gate that tolerates anything is
+    still judged by production's gate: lowering the bar takes an admin's --force."""
+    ws = story["ws"]
+    lenient = spec(f"digits@{story['noisy'].id}", seed=2) | {
+        "gate": {"max_regression": 1.0, "max_class_regression": 1.0, "latency_p95_ms": 10_000_000}
+    }
+    candidate = ws.train(lenient)
+    policy = promotion.gate_policy(ws, candidate)
+    assert policy.max_regression == GATE["max_regression"]
+    assert policy.max_class_regression == GATE["max_class_regression"]
+    assert policy.latency_p95_ms == GATE["latency_p95_ms"]
+    production = ws.meta.aliases("digits")["production"]
+    refused = attempt(promotion.promote, ws, candidate.ref, actor="eve", role="operator")
+    assert isinstance(refused, GateFailed), refused
+    assert any("(production's)" in r for r in refused.details["reasons"])
+    assert ws.meta.aliases("digits")["production"] == production

@@ -44,7 +44,7 @@ from aifab.core.config import GateConfig
 from aifab.core.errors import InputError, nearest
 from aifab.evaluate.metrics import flatten_metrics, higher_is_better
 
-__all__ = ["PARITY_MIN_AGREEMENT", "Comparison", "GateCheck", "GateResult", "evaluate_gate"]
+__all__ = ["PARITY_MIN_AGREEMENT", "Comparison", "GateCheck", "GateResult", "evaluate_gate", "stricter"]
 
 PARITY_MIN_AGREEMENT = 0.995
 """Share of examples on which an export must pick the same class as the PyTorch model."""
@@ -139,6 +139,39 @@ class Comparison:
     candidate: Mapping[str, Any] | None
     production: Mapping[str, Any] | None
     error: str = ""
+
+
+def stricter(base: GateConfig, other: GateConfig) -> GateConfig:
+    """The gate that passes only what both ``base`` and ``other`` pass: every floor of either (the
+    higher one, or the lower for lower-is-better metrics), the smaller tolerances, the tighter
+    latency budget, clean data if either asks. ``base``'s compared ``metric`` is kept.
+
+    Promotion judges a candidate by its own spec's gate *and* production's, so a candidate can
+    tighten the bar but never bring a lenient one (lowering it takes an admin's ``--force``).
+
+    >>> a = GateConfig(floors={"test.accuracy": 0.9}, max_regression=0.01)
+    >>> b = GateConfig(floors={"test.accuracy": 0.5, "test.ece": 0.1}, max_regression=0.5)
+    >>> g = stricter(a, b)
+    >>> g.floors, g.max_regression
+    ({'test.accuracy': 0.9, 'test.ece': 0.1}, 0.01)
+    """
+    floors = dict(base.floors)
+    for key, value in other.floors.items():
+        if key in floors:
+            pick = max if higher_is_better(key) else min
+            floors[key] = pick(floors[key], value)
+        else:
+            floors[key] = value
+    budgets = [b for b in (base.latency_p95_ms, other.latency_p95_ms) if b is not None]
+    return base.model_copy(
+        update={
+            "floors": floors,
+            "max_regression": min(base.max_regression, other.max_regression),
+            "max_class_regression": min(base.max_class_regression, other.max_class_regression),
+            "latency_p95_ms": min(budgets) if budgets else None,
+            "require_clean_data": base.require_clean_data or other.require_clean_data,
+        }
+    )
 
 
 def evaluate_gate(

@@ -15,7 +15,8 @@
 - ONNX parity when the version holds an export (its recorded ``parity.json``);
 - the data gate's report of the candidate's dataset version.
 
-The gate policy is the ``gate`` section of the candidate's saved spec.
+The gate policy is the ``gate`` section of the candidate's saved spec, made stricter by production's
+(:func:`gate_policy`): a candidate can raise the bar, never lower it.
 
 >>> # ws = Workspace.open(); promote(ws, "digits@2", actor="ana")["gate"]["passed"]
 """
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from aifab.core.config import GateConfig, parse
 from aifab.core.errors import ConfigError, Forbidden, InputError
 from aifab.core.types import DatasetVersion, ModelVersion
-from aifab.evaluate.gates import Comparison, GateResult
+from aifab.evaluate.gates import Comparison, GateResult, stricter
 from aifab.registry import promote as registry
 from aifab.registry.promote import Measurements
 from aifab.security.roles import parse_role, require
@@ -170,7 +171,17 @@ def gate_results(ws: Workspace, ref: str) -> list[dict[str, Any]]:
 
 
 def gate_policy(ws: Workspace, version: ModelVersion) -> GateConfig:
-    """The ``gate`` section of the version's saved spec."""
+    """The gate ``version`` must pass: the ``gate`` section of its saved spec, made stricter by
+    production's (:func:`aifab.evaluate.gates.stricter`), so that a candidate trained with a
+    lenient gate cannot lower the bar production was promoted under."""
+    policy = _spec_gate(ws, version)
+    production = ws.meta.aliases(version.name).get(registry.PRODUCTION)
+    if production is not None and production != version.version:
+        policy = stricter(_spec_gate(ws, ws.meta.get_model_version(version.name, production)), policy)
+    return policy
+
+
+def _spec_gate(ws: Workspace, version: ModelVersion) -> GateConfig:
     spec = json.loads(ws.blob(version.files["spec.json"]))
     return parse(GateConfig, spec.get("gate") or {}, source=f"{version.ref} spec.json, gate")
 
