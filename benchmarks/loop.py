@@ -88,9 +88,7 @@ def main() -> None:
                 httpx.post(
                     f"{url}/v1/models/mr:reload", headers={"Authorization": f"Bearer {tokens['operator']}"}, timeout=300
                 ).raise_for_status()
-                now_served = served_version(url, tokens["client"], "mr")
-            else:
-                now_served = served_version(url, tokens["client"], "mr")
+            now_served = served_version(url, tokens["client"], "mr")
             to_promoted = time.perf_counter() - last_correction
         before = ws.evaluate(first.ref)
         after = ws.evaluate(outcome["candidate"]) if outcome.get("candidate") else before

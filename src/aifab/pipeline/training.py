@@ -42,8 +42,6 @@ def code_version() -> str:
 
 def train(ws: Workspace, spec: Spec, *, resume: str | None = None, progress: Progress | None = None) -> ModelVersion:
     """Train ``spec`` on its dataset version, evaluate on the frozen test split, register a version."""
-    from aifab.train.run import train_classifier
-
     progress = progress or NullProgress()
     if resume:
         run = ws.meta.get_run(resume)
@@ -62,6 +60,32 @@ def train(ws: Workspace, spec: Spec, *, resume: str | None = None, progress: Pro
         run_id = new_run(ws, spec, dataset, name)
     checkpoint = ws.root / ".aifab" / "runs" / run_id / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    version = fit_and_register(ws, spec, name=name, dataset=dataset, splits=splits, labels=labels, run_id=run_id,
+                               checkpoint=checkpoint, resume=bool(resume), progress=progress)
+    ws.meta.set_alias(name, "candidate", version.version, actor="aifab train", reason=f"trained by run {run_id[:12]}")
+    return ws.meta.get_model_version(name, version.version)
+
+
+def fit_and_register(
+    ws: Workspace,
+    spec: Spec,
+    *,
+    name: str,
+    dataset: DatasetVersion,
+    splits: dict[str, tuple[list[Any], list[Any]]],
+    labels: list[str],
+    run_id: str,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    teacher_probs: Any = None,
+    extra_lineage: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> ModelVersion:
+    """Train run ``run_id`` of ``spec`` on ``splits``, evaluate on test, register the version and
+    mark the run finished (or failed/stopped, re-raising); moves no alias. What ``aifab train``,
+    ``aifab distill`` and ``aifab tune`` share."""
+    from aifab.train.run import train_classifier
+
     try:
         trained = train_classifier(
             spec,
@@ -71,18 +95,19 @@ def train(ws: Workspace, spec: Spec, *, resume: str | None = None, progress: Pro
             val_targets=splits["val"][1],
             labels=labels,
             checkpoint_path=checkpoint,
-            resume=bool(resume),
+            resume=resume,
             progress=progress,
             callbacks=[_run_recorder(ws, run_id)],
+            teacher_probs=teacher_probs,
         )
     except BaseException as exc:
         ws.meta.update_run(run_id, status="failed" if isinstance(exc, Exception) else "stopped", error=str(exc)[:2000])
         raise
     metrics = evaluate_loaded(trained.model, trained.preprocessing, trained.tokenizer_json, *splits["test"], labels=labels)
-    version = _register(ws, name=name, spec=spec, trained=trained, metrics=metrics, dataset=dataset, run_id=run_id)
+    version = _register(ws, name=name, spec=spec, trained=trained, metrics=metrics, dataset=dataset, run_id=run_id,
+                        extra=extra_lineage)
     ws.meta.update_run(run_id, status="finished", model_version=version.version, history=_clean(trained.history))
-    ws.meta.set_alias(name, "candidate", version.version, actor="aifab train", reason=f"trained by run {run_id[:12]}")
-    return ws.meta.get_model_version(name, version.version)
+    return version
 
 
 def evaluate_loaded(
